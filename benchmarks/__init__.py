@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks.<name>``; each writes ``benchmarks/results/<name>-<device>.json`` and ``.md``."""
