@@ -1,0 +1,142 @@
+"""ICNet (Zhao et al., "ICNet for Real-Time Semantic Segmentation on High-Resolution Images", ECCV 2018): the
+backbone of PanoNet (PanoNet Sec. III-A, ref. [21]).
+
+Three resolutions share the work. The full-resolution branch is three stride-2 convolutions (1/8). The 1/2-resolution
+image runs through the ResNet/PSPNet trunk up to its second stage (1/16). Those features, halved again, run through
+the dilated stages and pyramid pooling (1/32). Cascade feature fusion (CFF) units merge 1/32 into 1/16 and then into
+1/8, and the head predicts at 1/4. In training, each CFF unit also emits a cascade label guidance output (1/16, 1/8)
+next to the main output (1/4): the three scales weighted by lambda = (1, 0.4, 0.16) in PanoNet Eq. 1 and 6.
+
+``width`` scales every channel count and ``depths`` sets the bottleneck blocks per trunk stage:
+``width=1, depths=(3, 4, 6, 3)`` is ICNet's ResNet-50 trunk; small widths and depths give variants that train on a CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.resnet import Bottleneck
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    padding = dilation * (kernel // 2)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, stride, padding, dilation=dilation, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def bottleneck_stage(in_channels: int, planes: int, blocks: int, stride: int, dilation: int) -> nn.Sequential:
+    """ResNet stage of torchvision bottlenecks (output channels = 4 * planes); dilated instead of strided in ICNet's
+    1/32 branch, as in PSPNet."""
+    out_channels = planes * Bottleneck.expansion
+    downsample = None
+    if stride != 1 or in_channels != out_channels:
+        downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
+    layers = [Bottleneck(in_channels, planes, stride, downsample, dilation=dilation)]
+    layers += [Bottleneck(out_channels, planes, dilation=dilation) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+class PyramidPooling(nn.Module):
+    """PSPNet pyramid pooling as ICNet uses it: pooled context at several bin sizes, upsampled and summed."""
+
+    def __init__(self, bins: tuple[int, ...] = (1, 2, 3, 6)):
+        super().__init__()
+        self.bins = bins
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = x
+        for b in self.bins:
+            pooled = F.adaptive_avg_pool2d(x, b)
+            out = out + F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return out
+
+
+class CascadeFeatureFusion(nn.Module):
+    """CFF unit (ICNet Fig. 3): upsample the coarse features 2x, dilated 3x3 conv; 1x1 conv on the fine features;
+    sum and ReLU. The guidance classifier predicts labels from the upsampled coarse features."""
+
+    def __init__(self, coarse_channels: int, fine_channels: int, out_channels: int, num_outputs: int):
+        super().__init__()
+        self.coarse = nn.Sequential(
+            nn.Conv2d(coarse_channels, out_channels, 3, padding=2, dilation=2, bias=False), nn.BatchNorm2d(out_channels)
+        )
+        self.fine = nn.Sequential(nn.Conv2d(fine_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        self.guide = nn.Conv2d(coarse_channels, num_outputs, 1)
+
+    def forward(self, coarse: Tensor, fine: Tensor) -> tuple[Tensor, Tensor | None]:
+        up = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        fused = F.relu(self.coarse(up) + self.fine(fine))
+        return fused, (self.guide(up) if self.training else None)
+
+
+class ICNetEncoder(nn.Module):
+    """The three-resolution trunk: returns features at 1/8 (full-res branch), 1/16 and 1/32 of the input."""
+
+    def __init__(self, in_channels: int = 3, width: float = 1.0, depths: tuple[int, int, int, int] = (3, 4, 6, 3)):
+        super().__init__()
+
+        def w(c: int) -> int:
+            return max(4, int(round(c * width)))
+
+        self.sub1 = nn.Sequential(
+            conv_bn_relu(in_channels, w(32), stride=2), conv_bn_relu(w(32), w(32), stride=2), conv_bn_relu(w(32), w(64), stride=2)
+        )
+        self.stem = nn.Sequential(
+            conv_bn_relu(in_channels, w(32), stride=2), conv_bn_relu(w(32), w(32)), conv_bn_relu(w(32), w(64)),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        planes = [w(64), w(128), w(256), w(512)]
+        self.stage1 = bottleneck_stage(w(64), planes[0], depths[0], stride=1, dilation=1)
+        self.stage2 = bottleneck_stage(4 * planes[0], planes[1], depths[1], stride=2, dilation=1)
+        self.stage3 = bottleneck_stage(4 * planes[1], planes[2], depths[2], stride=1, dilation=2)
+        self.stage4 = bottleneck_stage(4 * planes[2], planes[3], depths[3], stride=1, dilation=4)
+        self.ppm = PyramidPooling()
+        self.reduce = conv_bn_relu(4 * planes[3], w(256), kernel=1)
+        self.channels = (w(64), 4 * planes[1], w(256))  # at 1/8, 1/16, 1/32
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        f8 = self.sub1(x)
+        half = F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+        f16 = self.stage2(self.stage1(self.stem(half)))
+        quarter = F.interpolate(f16, scale_factor=0.5, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+        f32 = self.reduce(self.ppm(self.stage4(self.stage3(quarter))))
+        return f8, f16, f32
+
+
+class ICNetDecoder(nn.Module):
+    """Two CFF units and the 1/4-resolution head. Returns the main output and, in training, the guidance outputs."""
+
+    def __init__(self, encoder_channels: tuple[int, int, int], out_channels: int, width: float = 1.0):
+        super().__init__()
+        fused = max(4, int(round(128 * width)))
+        c8, c16, c32 = encoder_channels
+        self.cff16 = CascadeFeatureFusion(c32, c16, fused, out_channels)
+        self.cff8 = CascadeFeatureFusion(fused, c8, fused, out_channels)
+        self.head = nn.Conv2d(fused, out_channels, 1)
+
+    def forward(self, features: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, list[Tensor]]:
+        f8, f16, f32 = features
+        x16, guide16 = self.cff16(f32, f16)
+        x8, guide8 = self.cff8(x16, f8)
+        x4 = F.interpolate(x8, scale_factor=2.0, mode="bilinear", align_corners=False)
+        out = self.head(x4)
+        return out, [g for g in (guide8, guide16) if g is not None]
+
+
+class ICNet(nn.Module):
+    """ICNet: encoder + decoder. ``forward`` returns ``{"out": [B, K, ~H/4, ~W/4]}`` and, in training,
+    ``"guidance": [1/8 output, 1/16 output]`` (cascade label guidance)."""
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 19, width: float = 1.0,
+                 depths: tuple[int, int, int, int] = (3, 4, 6, 3)):
+        super().__init__()
+        self.encoder = ICNetEncoder(in_channels, width, depths)
+        self.decoder = ICNetDecoder(self.encoder.channels, out_channels, width)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:
+        out, guidance = self.decoder(self.encoder(x))
+        return {"out": out, "guidance": guidance} if self.training else {"out": out}

@@ -1,0 +1,77 @@
+"""PanoNet (../shared/papers/panonet.txt, Sec. III, Fig. 2): semantic segmentation and a position-sensitive
+instance embedding from two ICNet branches, with no detector.
+
+* Semantic branch: ICNet on RGB, K class logits (Sec. III-A).
+* Instance branch: ICNet on RGB + two CoordConv channels (normalised x and y in [-1, 1], left/top = -1,
+  Liu et al. 2018), producing a 12-channel embedding trained with the discriminative loss (Sec. III-B, III-C).
+* ``use_coordinates=False`` feeds zeros in place of the coordinate channels: the first stage of the paper's
+  two-stage schedule (Sec. III-C). Switching it on later starts from exactly the stage-one function, because
+  the input weights of the coordinate channels start at zero.
+* ``share_encoder=True`` is the shared-weights variant of Sec. IV-e: one encoder (on RGB + coordinates) and a
+  decoder per task ("shared weights except for the final three layers": the two CFF units and the head).
+
+``forward`` returns raw outputs at 1/4 resolution: ``semantic`` [B, K, h, w] and ``embedding`` [B, E, h, w], plus
+in training the cascade guidance outputs ``semantic_guidance`` / ``embedding_guidance`` (1/8, 1/16).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .icnet import ICNetDecoder, ICNetEncoder
+
+
+@dataclass(frozen=True)
+class PanoNetConfig:
+    num_classes: int
+    embedding_dim: int = 12
+    width: float = 1.0
+    depths: tuple[int, int, int, int] = (3, 4, 6, 3)
+    share_encoder: bool = False
+
+
+def coordinate_channels(batch: int, height: int, width: int, device=None, dtype=None) -> Tensor:
+    """[B, 2, H, W]: x then y of each pixel centre, normalised to [-1, 1] (align_corners=False convention)."""
+    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) * (2.0 / width) - 1.0
+    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) * (2.0 / height) - 1.0
+    grid = torch.stack([xs.expand(height, width), ys[:, None].expand(height, width)])
+    return grid.expand(batch, 2, height, width)
+
+
+class PanoNet(nn.Module):
+    def __init__(self, num_classes: int, embedding_dim: int = 12, width: float = 1.0,
+                 depths: tuple[int, int, int, int] = (3, 4, 6, 3), share_encoder: bool = False):
+        super().__init__()
+        self.config = PanoNetConfig(num_classes, embedding_dim, width, tuple(depths), share_encoder)
+        self.instance_encoder = ICNetEncoder(5, width, depths)
+        self.semantic_encoder = None if share_encoder else ICNetEncoder(3, width, depths)
+        channels = self.instance_encoder.channels
+        self.semantic_decoder = ICNetDecoder(channels, num_classes, width)
+        self.embedding_decoder = ICNetDecoder(channels, embedding_dim, width)
+        self.register_buffer("use_coordinates", torch.tensor(True))
+        self._zero_coordinate_weights()
+
+    def _zero_coordinate_weights(self) -> None:
+        with torch.no_grad():
+            for conv in (self.instance_encoder.sub1[0][0], self.instance_encoder.stem[0][0]):
+                conv.weight[:, 3:].zero_()
+
+    def set_use_coordinates(self, enabled: bool) -> None:
+        """Stage one of Sec. III-C trains with ``False``; stage two switches the coordinates on."""
+        self.use_coordinates.fill_(enabled)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor | list[Tensor]]:
+        """images: [B, 3, H, W] normalised RGB."""
+        b, _, h, w = images.shape
+        coords = coordinate_channels(b, h, w, images.device, images.dtype) * self.use_coordinates.to(images.dtype)
+        instance_features = self.instance_encoder(torch.cat([images, coords], dim=1))
+        semantic_features = instance_features if self.semantic_encoder is None else self.semantic_encoder(images)
+        semantic, semantic_guidance = self.semantic_decoder(semantic_features)
+        embedding, embedding_guidance = self.embedding_decoder(instance_features)
+        out = {"semantic": semantic, "embedding": embedding}
+        if self.training:
+            out.update(semantic_guidance=semantic_guidance, embedding_guidance=embedding_guidance)
+        return out
