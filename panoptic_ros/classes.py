@@ -55,3 +55,19 @@ CAMVID = ClassTable(
         ClassInfo(10, "bicyclist", True, (0, 128, 192)),
     ),
 )
+
+
+def _cityscapes_table() -> ClassTable:
+    """The 19 Cityscapes train classes, built from cityscapesscripts' own label table (names, thing/stuff, colours)."""
+    from cityscapesscripts.helpers.labels import labels
+
+    train = sorted((label for label in labels if 0 <= label.trainId < 255), key=lambda label: label.trainId)
+    return ClassTable(
+        name="cityscapes",
+        ignore_id=255,
+        classes=tuple(ClassInfo(label.trainId, label.name, label.hasInstances, tuple(label.color)) for label in train),
+    )
+
+
+CITYSCAPES = _cityscapes_table()
+TABLES = {table.name: table for table in (CAMVID, CITYSCAPES)}

@@ -1,0 +1,70 @@
+"""Image normalisation (shared by training and the Predictor) and joint training augmentations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+# ImageNet statistics, the usual normalisation of ResNet trunks (RGB, 0..1 scale).
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+IGNORE_LABEL = 255  # semantic pixels without a label (void) in training targets
+NO_INSTANCE = -1  # instance-id pixels that belong to no thing instance
+
+
+def normalize_image(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 RGB [H, W, 3] -> float32 [3, H, W], ImageNet-normalised."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 RGB image [H, W, 3], got {rgb.dtype} {rgb.shape}")
+    x = (rgb.astype(np.float32) / 255.0 - MEAN) / STD
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+@dataclass
+class TrainAugment:
+    """Random scale, crop (padding with ignore labels), horizontal flip and colour jitter applied jointly to an
+    image and its semantic and instance maps. Labels are resampled with centre-aligned nearest neighbour
+    (INTER_NEAREST_EXACT): plain INTER_NEAREST is offset by half a pixel from the bilinear image."""
+
+    crop: tuple[int, int] = (352, 480)  # (height, width)
+    scale: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    jitter: float = 0.25  # max relative change of brightness, contrast and saturation
+    seed: int | None = None
+
+    def __post_init__(self):
+        self.rng = np.random.default_rng(self.seed)
+
+    def __call__(self, rgb: np.ndarray, semantic: np.ndarray, instances: np.ndarray):
+        s = self.rng.uniform(*self.scale)
+        h, w = semantic.shape
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
+        semantic = cv2.resize(semantic, size, interpolation=cv2.INTER_NEAREST_EXACT)
+        instances = cv2.resize(instances.astype(np.int32), size, interpolation=cv2.INTER_NEAREST_EXACT)
+        ch, cw = self.crop
+        pad_h, pad_w = max(ch - size[1], 0), max(cw - size[0], 0)
+        if pad_h or pad_w:
+            fill = tuple(int(v) for v in (MEAN * 255).round())
+            rgb = cv2.copyMakeBorder(rgb, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=fill)
+            semantic = cv2.copyMakeBorder(semantic, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=IGNORE_LABEL)
+            instances = cv2.copyMakeBorder(instances, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=NO_INSTANCE)
+        y = self.rng.integers(0, semantic.shape[0] - ch + 1)
+        x = self.rng.integers(0, semantic.shape[1] - cw + 1)
+        rgb, semantic, instances = (a[y:y + ch, x:x + cw] for a in (rgb, semantic, instances))
+        if self.flip and self.rng.random() < 0.5:
+            rgb, semantic, instances = rgb[:, ::-1], semantic[:, ::-1], instances[:, ::-1]
+        if self.jitter > 0:
+            rgb = self._jitter(rgb)
+        return np.ascontiguousarray(rgb), np.ascontiguousarray(semantic), np.ascontiguousarray(instances)
+
+    def _jitter(self, rgb: np.ndarray) -> np.ndarray:
+        b, c, s = (1 + self.rng.uniform(-self.jitter, self.jitter, 3)).astype(np.float32)
+        x = rgb.astype(np.float32) * b
+        x = (x - x.mean()) * c + x.mean()
+        gray = x.mean(axis=2, keepdims=True)
+        x = (x - gray) * s + gray
+        return np.clip(x, 0, 255).astype(np.uint8)
