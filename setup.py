@@ -96,7 +96,9 @@ def build_messages(dest: Path) -> None:
     inputs = [ROOT / "CMakeLists.txt", ROOT / "package.xml", *(ROOT / "msg").glob("*.msg")]
     marker = dest / "msg" / "__init__.py"
     lib = Path(sys.prefix) / "lib" / f"lib{PACKAGE}__rosidl_typesupport_c.so"
-    if marker.exists() and lib.exists() and marker.stat().st_mtime > _newest_mtime(inputs):
+    typesupports = list(dest.glob(f"{PACKAGE}_s__*.so"))
+    if (marker.exists() and lib.exists() and len(typesupports) == 3
+            and min(p.stat().st_mtime for p in [marker, *typesupports]) > _newest_mtime(inputs)):
         print(f"{PACKAGE}: messages are up to date in {dest}")
         return
 
