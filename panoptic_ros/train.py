@@ -1,0 +1,212 @@
+"""Train PanoNet: ``python -m panoptic_ros.train --config config/panonet_camvid.yaml --out runs/camvid``.
+
+PanoNet Sec. III-E: cascade cross-entropy (Eq. 1) on the semantic branch and the cascade discriminative loss
+(Eq. 6) on the instance branch, Adadelta with polynomial decay by default (adam / adamw / sgd allowed), and the
+two-stage schedule of Sec. III-C: the instance branch sees no coordinates before ``train.coordinate_epoch``.
+
+Writes ``last.pt`` (resumable: model, optimiser, schedule, epoch) after every epoch, ``best.pt`` by validation
+mIoU, ``log.jsonl`` (losses and metrics per epoch) and, at the end, ``weights.safetensors`` (fp16, with its config)
+for the Predictor. ``--resume`` continues from ``last.pt`` in ``--out``. Multi-GPU:
+``torchrun --nproc-per-node N -m panoptic_ros.train ...`` (DistributedDataParallel, one process per GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from .checkpoint import save_weights
+from .config import ExperimentConfig, load_config
+from .datasets import DATASETS
+from .losses import cascade_cross_entropy, cascade_discriminative_loss
+from .metrics import SemanticIoU
+from .models import build_model
+from .transforms import IGNORE_LABEL, NO_INSTANCE, TrainAugment
+
+
+def make_optimizer(params, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "adadelta":
+        return torch.optim.Adadelta(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+
+
+def poly_schedule(optimizer, total_steps: int, power: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Polynomial decay per iteration: lr * (1 - step / total) ** power."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total_steps) ** power)
+
+
+def class_weights_for(dataset, num_classes: int) -> torch.Tensor:
+    """ENet weighting 1 / ln(1.02 + p_c) from the label frequencies of the (un-augmented) training set."""
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    for files in dataset.pairs:
+        semantic, _ = dataset.load_targets(files[1:])
+        s = torch.from_numpy(semantic.astype("int64")).flatten()
+        counts += torch.bincount(s[s != IGNORE_LABEL], minlength=num_classes)[:num_classes].double()
+    p = counts / counts.sum().clamp(min=1)
+    return (1.0 / torch.log(1.02 + p)).float()
+
+
+def compute_losses(outputs: dict, batch: dict, cfg: ExperimentConfig, class_weights) -> dict[str, torch.Tensor]:
+    semantic = cascade_cross_entropy(
+        [outputs["semantic"], *outputs["semantic_guidance"]], batch["semantic"], ignore_index=IGNORE_LABEL,
+        class_weights=class_weights,
+    )
+    instance = cascade_discriminative_loss(
+        [outputs["embedding"], *outputs["embedding_guidance"]], batch["instances"], ignore_index=NO_INSTANCE
+    )
+    total = semantic + cfg.train.instance_weight * instance["total"]
+    return {"total": total, "semantic": semantic, "instance": instance["total"], "var": instance["var"],
+            "dist": instance["dist"], "reg": instance["reg"]}
+
+
+@torch.no_grad()
+def evaluate_semantic(model, loader, num_classes: int, device) -> dict:
+    """Semantic mIoU at full label resolution (logits upsampled bilinearly from 1/4)."""
+    model.eval()
+    metric = SemanticIoU(num_classes, IGNORE_LABEL)
+    for batch in loader:
+        images = batch["image"].to(device)
+        logits = model(images)["semantic"]
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        metric.update(logits.argmax(1).cpu(), batch["semantic"])
+    return metric.compute()
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        rank = int(os.environ["RANK"])
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+        return rank, world, device
+    return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_per_epoch: int | None = None) -> dict:
+    """Run (or continue) a training; returns the final validation metrics. ``max_steps_per_epoch`` shortens
+    epochs (smoke tests)."""
+    rank, world, device = setup_distributed()
+    main_process = rank == 0
+    torch.manual_seed(cfg.train.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset_cls = DATASETS[cfg.data.dataset]
+    augment = TrainAugment(cfg.data.crop, cfg.data.scale, jitter=cfg.data.jitter, seed=cfg.train.seed + rank)
+    train_set = dataset_cls(cfg.data.root, cfg.data.train_split, augment=augment)
+    val_set = dataset_cls(cfg.data.root, cfg.data.val_split)
+    sampler = DistributedSampler(train_set, world, rank, seed=cfg.train.seed) if world > 1 else None
+    train_loader = DataLoader(train_set, cfg.data.batch_size, shuffle=sampler is None, sampler=sampler,
+                              num_workers=cfg.data.workers, drop_last=True, persistent_workers=cfg.data.workers > 0)
+    val_loader = DataLoader(val_set, 1, num_workers=cfg.data.workers)
+
+    model = build_model(cfg.model.architecture, **cfg.model.kwargs()).to(device)
+    core = model
+    if world > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    steps_per_epoch = min(len(train_loader), max_steps_per_epoch or len(train_loader))
+    optimizer = make_optimizer(model.parameters(), cfg)
+    scheduler = poly_schedule(optimizer, cfg.train.epochs * steps_per_epoch, cfg.train.poly_power)
+    weights = class_weights_for(train_set, cfg.model.num_classes).to(device) if cfg.train.class_weighting else None
+
+    start_epoch, best = 0, -1.0
+    last = out_dir / "last.pt"
+    if resume and last.exists():
+        state = torch.load(last, map_location=device, weights_only=True)
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = state["epoch"] + 1, state["best_miou"]
+        if main_process:
+            print(f"resumed from {last} at epoch {start_epoch}")
+
+    metrics: dict = {}
+    for epoch in range(start_epoch, cfg.train.epochs):
+        core.set_use_coordinates(epoch >= cfg.train.coordinate_epoch)
+        model.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        sums: dict[str, float] = {}
+        started = time.perf_counter()
+        bar = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                   disable=not main_process, leave=False)
+        for step, batch in enumerate(bar):
+            if step >= steps_per_epoch:
+                break
+            batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            losses = compute_losses(model(batch["image"]), batch, cfg, weights)
+            if not torch.isfinite(losses["total"]):
+                raise FloatingPointError(f"epoch {epoch}, step {step}: loss is {losses['total'].item()}")
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            optimizer.step()
+            scheduler.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            bar.set_postfix(loss=f"{losses['total'].item():.3f}")
+        record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 1),
+                  "lr": scheduler.get_last_lr()[0], "coordinates": bool(core.use_coordinates),
+                  **{f"loss_{k}": v / steps_per_epoch for k, v in sums.items()}}
+        if main_process:
+            evaluated = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs
+            if evaluated:
+                metrics = evaluate_semantic(core, val_loader, cfg.model.num_classes, device)
+                record.update(val_miou=metrics["miou"], val_pixel_accuracy=metrics["pixel_accuracy"])
+            improved = evaluated and metrics["miou"] > best
+            best = metrics["miou"] if improved else best
+            state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "epoch": epoch, "best_miou": best, "config": cfg.to_dict()}
+            torch.save(state, out_dir / "last.tmp")
+            os.replace(out_dir / "last.tmp", last)  # a crash mid-write never corrupts the resumable checkpoint
+            if improved:
+                torch.save(state, out_dir / "best.pt")
+            with open(out_dir / "log.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+            print(json.dumps(record))
+    if main_process:
+        info = {"epochs": cfg.train.epochs, "final_val_miou": metrics.get("miou"), "best_val_miou": best}
+        save_weights(core, cfg, out_dir / "weights.safetensors", info=info)
+    if world > 1:
+        dist.destroy_process_group()
+    return metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Train PanoNet (PanoNet Sec. III-E).")
+    parser.add_argument("--config", required=True, type=Path, help="experiment YAML, e.g. config/panonet_camvid.yaml")
+    parser.add_argument("--out", type=Path, default=Path("runs/panonet"), help="output folder (checkpoints, logs)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--data-root", help="override data.root")
+    parser.add_argument("--epochs", type=int, help="override train.epochs")
+    opts = parser.parse_args()
+    cfg = load_config(opts.config)
+    if opts.data_root:
+        cfg.data.root = opts.data_root
+    if opts.epochs:
+        cfg.train.epochs = opts.epochs
+        cfg.train.coordinate_epoch = min(cfg.train.coordinate_epoch, opts.epochs)
+    cfg.validate()
+    final = train(cfg, opts.out, resume=opts.resume)
+    if not math.isnan(final.get("miou", float("nan"))):
+        print(f"final validation mIoU {final['miou']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
