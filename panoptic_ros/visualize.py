@@ -29,3 +29,19 @@ def draw_boxes(image_rgb: np.ndarray, boxes: np.ndarray, classes: np.ndarray, ta
         text = info.name if scores is None else f"{info.name} {float(scores[k]):.2f}"
         cv2.putText(out, text, (x1, max(y1 - 3, 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
     return out
+
+
+def render_panoptic(image_rgb: np.ndarray, semantic: np.ndarray, panoptic: np.ndarray, table: ClassTable,
+                    alpha: float = 0.5) -> np.ndarray:
+    """Class colours blended over the image, with a white outline around every thing instance.
+
+    semantic [H, W] class ids; panoptic [H, W] segment ids (thing ids >= 1000, -1 void).
+    """
+    out = blend_class_map(image_rgb, np.where(panoptic >= 0, semantic, -1).astype(np.int64), table, alpha)
+    things = np.where(panoptic >= 1000, panoptic, 0).astype(np.int32)
+    edge = np.zeros(things.shape, bool)
+    edge[:, 1:] |= things[:, 1:] != things[:, :-1]
+    edge[1:, :] |= things[1:, :] != things[:-1, :]
+    edge &= cv2.dilate((things > 0).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    out[edge] = (255, 255, 255)
+    return out

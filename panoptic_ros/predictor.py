@@ -1,0 +1,129 @@
+"""The one inference path (STYLE 7): preprocess -> PanoNet -> class-wise mean-shift -> panoptic merge, no ROS.
+
+Used by the node, the bag evaluator, the benchmarks and the CLI, so all of them measure the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .checkpoint import load_model
+from .classes import TABLES, ClassTable
+from .config import PostprocessConfig
+from .postprocess import Segment, cluster_instances, merge_panoptic
+from .transforms import normalize_image
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "panonet_camvid.safetensors"
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Prediction:
+    """Outputs at the input image's resolution. semantic [H, W] int64 class ids; instances [H, W] int64 (-1 where
+    no instance); panoptic [H, W] int32 segment ids (``postprocess.VOID_ID`` where none); segments as in
+    msg/Segment.msg; timings in milliseconds per stage."""
+
+    semantic: Tensor
+    instances: Tensor
+    panoptic: Tensor
+    segments: list[Segment]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+class Predictor:
+    """Panoptic segmentation of RGB images.
+
+    Args:
+        model: a PanoNet (eval mode is set here).
+        table: the class table the model was trained on.
+        postprocess: bandwidth per thing class, minimum instance size, minimum stuff area (Sec. III-D).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32``, ``fp16`` or ``bf16`` for the network (clustering stays fp32).
+        scale: the network sees the image resized by this factor (outputs are returned at the input size).
+    """
+
+    def __init__(self, model: nn.Module, table: ClassTable, postprocess: PostprocessConfig, device: str = "auto",
+                 precision: str = "fp32", scale: float = 1.0, name: str = "panonet"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not allowed: expected one of {sorted(PRECISIONS)}")
+        if not 0.05 <= scale <= 4.0:
+            raise ValueError(f"scale {scale!r} is not allowed: expected a number in [0.05, 4]")
+        self.device = resolve_device(device)
+        self.dtype = PRECISIONS[precision]
+        self.model = model.to(self.device, self.dtype).eval()
+        self.table = table
+        self.postprocess = postprocess
+        self.scale = scale
+        self.name = name
+
+    @classmethod
+    def from_weights(cls, path: str | Path = DEFAULT_WEIGHTS, **kwargs) -> "Predictor":
+        """Build from a weights file (the shipped CamVid model by default); raises ``WeightsError`` for a missing or
+        mismatched file."""
+        model, model_cfg, post_cfg, info = load_model(path)
+        table = TABLES[info.get("dataset") or "camvid"]
+        if len(table) != model_cfg.num_classes:
+            raise ValueError(f"{path}: {model_cfg.num_classes} classes, but the {table.name} table has {len(table)}")
+        return cls(model, table, post_cfg, name=Path(path).stem, **kwargs)
+
+    @property
+    def bandwidths(self) -> dict[int, float]:
+        return {c: self.postprocess.bandwidth(c) for c in self.table.thing_ids}
+
+    @torch.inference_mode()
+    def __call__(self, rgb: np.ndarray) -> Prediction:
+        """rgb: uint8 [H, W, 3] image."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 8:
+            raise ValueError(f"expected a uint8 RGB image [H, W, 3] of at least 8 x 8, got {rgb.dtype} {rgb.shape}")
+        timings = {}
+        clock = time.perf_counter()
+        height, width = rgb.shape[:2]
+        if self.scale != 1.0:
+            size = (max(8, round(width * self.scale)), max(8, round(height * self.scale)))
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR)
+        images = normalize_image(rgb)[None].to(self.device, self.dtype)
+        clock = self._lap(timings, "preprocess", clock)
+
+        out = self.model(images)
+        logits, embedding = out["semantic"][0].float(), out["embedding"][0].float()
+        clock = self._lap(timings, "model", clock)
+
+        # Cluster at the network's 1/4 output resolution; label and merge at the input resolution.
+        probs = logits.softmax(0)
+        confidence, coarse_semantic = probs.max(0)
+        inst = cluster_instances(embedding, coarse_semantic, self.bandwidths, self.postprocess.min_instance_pixels)
+        scores = [float(confidence[inst.ids == k].mean()) for k in range(len(inst.classes))]
+        clock = self._lap(timings, "clustering", clock)
+
+        semantic = F.interpolate(logits[None], size=(height, width), mode="bilinear", align_corners=False)[0].argmax(0)
+        ids = F.interpolate(inst.ids[None, None].float(), size=(height, width), mode="nearest-exact")[0, 0].long()
+        instance_class = torch.cat([inst.classes, inst.classes.new_full((1,), -1)])[ids]  # ids == -1 -> last
+        ids = torch.where(instance_class == semantic, ids, torch.full_like(ids, -1))
+        result = merge_panoptic(semantic, ids, inst.classes, self.table,
+                                stuff_min_area=self.postprocess.stuff_min_area, instance_scores=scores)
+        self._lap(timings, "merge", clock)
+        return Prediction(semantic.cpu(), ids.cpu(), result.panoptic.cpu(), result.segments, timings)
+
+    def _lap(self, timings: dict, stage: str, start: float) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        timings[stage] = (now - start) * 1e3
+        return now

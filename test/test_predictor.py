@@ -1,0 +1,71 @@
+"""The Predictor: outputs at the input resolution, segments consistent with the id image, clear input errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from panoptic_ros.checkpoint import WeightsError, save_weights
+from panoptic_ros.classes import CAMVID
+from panoptic_ros.config import config_from_dict
+from panoptic_ros.models import build_model
+from panoptic_ros.postprocess import INSTANCE_OFFSET, VOID_ID
+from panoptic_ros.predictor import Predictor
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    cfg = config_from_dict({"model": {"num_classes": 11, "width": 0.125, "depths": [1, 1, 1, 1]},
+                            "postprocess": {"min_instance_pixels": 1, "stuff_min_area": 0}})
+    torch.manual_seed(0)
+    model = build_model("panonet", **cfg.model.kwargs())
+    with torch.no_grad():  # bias the head so that things (cars) appear: the clustering path must run
+        model.semantic_decoder.head.bias[8] = 3.0
+    return Predictor(model, CAMVID, cfg.postprocess, device="cpu")
+
+
+def image(h=90, w=130, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_outputs_and_segments_agree(predictor):
+    result = predictor(image())
+    assert result.semantic.shape == result.panoptic.shape == result.instances.shape == (90, 130)
+    assert set(result.timings) == {"preprocess", "model", "clustering", "merge"}
+    panoptic = result.panoptic.numpy()
+    ids = set(np.unique(panoptic).tolist()) - {VOID_ID}
+    assert ids == {s.id for s in result.segments}
+    assert any(s.is_thing for s in result.segments)
+    for s in result.segments:
+        ys, xs = np.nonzero(panoptic == s.id)
+        assert s.area == len(ys)
+        assert s.bbox == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+        assert s.class_name == CAMVID[s.class_id].name and 0 <= s.score <= 1
+        assert (s.id // INSTANCE_OFFSET == s.class_id) if s.is_thing else (s.id == s.class_id)
+    inst = result.instances.numpy()
+    assert np.isin(result.semantic.numpy()[inst >= 0], CAMVID.thing_ids).all()
+
+
+def test_scale_changes_the_network_input_not_the_output(predictor):
+    predictor.scale = 0.5
+    try:
+        assert predictor(image(120, 160)).panoptic.shape == (120, 160)
+    finally:
+        predictor.scale = 1.0
+
+
+@pytest.mark.parametrize("bad", [np.zeros((20, 20), np.uint8), np.zeros((20, 20, 3), np.float32),
+                                 np.zeros((4, 20, 3), np.uint8), np.zeros((20, 20, 4), np.uint8)])
+def test_bad_images_raise_a_clear_error(predictor, bad):
+    with pytest.raises(ValueError, match="expected a uint8 RGB image"):
+        predictor(bad)
+
+
+def test_from_weights_and_bad_options(tmp_path):
+    cfg = config_from_dict({"model": {"num_classes": 11, "width": 0.125, "depths": [1, 1, 1, 1]}})
+    path = save_weights(build_model("panonet", **cfg.model.kwargs()), cfg, tmp_path / "w.safetensors")
+    predictor = Predictor.from_weights(path, device="cpu", precision="bf16")
+    assert predictor(image()).panoptic.shape == (90, 130)
+    with pytest.raises(WeightsError, match="does not exist"):
+        Predictor.from_weights(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="precision 'int8' is not allowed"):
+        Predictor.from_weights(path, precision="int8")
