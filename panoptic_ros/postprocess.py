@@ -1,0 +1,436 @@
+"""PanoNet post-processing (paper Sec. III-D): class-wise mean-shift clustering and the panoptic merge.
+
+Pure functions over tensors; they run on the device of their inputs with the same code on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .classes import ClassTable
+
+VOID_ID = -1  # msg/PanopticSegmentation.msg VOID_ID
+INSTANCE_OFFSET = 1000  # msg/PanopticSegmentation.msg INSTANCE_OFFSET: thing id = class_id * 1000 + k
+
+_CHUNK_ELEMENTS = 1 << 18  # seeds x points distances held at once: 2 MiB in float64 stays in L2 cache
+
+
+@dataclass
+class MeanShiftResult:
+    """Shapes: labels [N] int64 in 0..K-1, centres [K, E] float64, intensities [K] int64 (points within the
+    bandwidth of each centre at its last iteration; centres are sorted by it, descending, as sklearn sorts them)."""
+
+    labels: Tensor
+    centres: Tensor
+    intensities: Tensor
+
+
+def cluster_embeddings(points: Tensor, bandwidth: float, *, max_iter: int = 300) -> Tensor:
+    """Mean-shift clustering with a flat kernel and bin seeding (paper Sec. III-D).
+
+    Same partition as ``sklearn.cluster.MeanShift(bandwidth=bandwidth, bin_seeding=True, min_bin_freq=1,
+    cluster_all=True, max_iter=max_iter)``; see ``mean_shift`` for the algorithm and the few differences.
+
+    Args:
+        points: [N, E] embeddings of one class's pixels (any float dtype, any device).
+    Returns:
+        [N] int64 cluster labels 0..K-1 on ``points.device``; label 0 is the densest mode.
+    """
+    return mean_shift(points, bandwidth, max_iter=max_iter).labels
+
+
+def mean_shift(points: Tensor, bandwidth: float, *, max_iter: int = 300) -> MeanShiftResult:
+    """Flat-kernel mean shift with bin seeding, in vectorised torch (float64 throughout).
+
+    sklearn's ``MeanShift(bin_seeding=True)`` step by step:
+      1. Seeds: one per distinct grid cell round(x / bandwidth) (round half to even), in order of first
+         appearance, at cell * bandwidth computed in float32 (as sklearn's ``get_bin_seeds``); when every point
+         has its own cell, the points themselves.
+      2. Every seed moves to the mean of the points within ``bandwidth`` (||x - m||^2 <= bandwidth^2) until it
+         moves by <= 1e-3 * bandwidth or ``max_iter`` iterations are done; a seed with no point within bandwidth
+         is dropped. All seeds iterate together; converged seeds leave the active set, and seeds that reach the
+         same mean share one computation from then on (identical inputs give identical trajectories).
+      3. Centres (exact duplicates merged, the later seed's count kept, as sklearn's dict does) are sorted by
+         (points within, centre coordinates) descending; going down the list, each kept centre removes the later
+         ones within ``bandwidth``.
+      4. Each point takes the label of its nearest centre.
+    To avoid the dense seeds x points work, points are grouped (connected grid cells) and a mean only looks at
+    groups whose bounding sphere comes within ``bandwidth`` of it; a group wholly inside the ball adds its sum.
+    Distances use ||x||^2 - 2 m.x + ||m||^2 in chunks of seeds x points.
+
+    Differences from sklearn: float64 rounding differs (sums in another order, the distance expansion above),
+    which only matters for points within ~1e-12 of the bandwidth or centres tied to ~1e-12; where sklearn raises
+    "No point was within bandwidth" (every bin seed is isolated, possible for E > 4), the points are used as seeds.
+
+    Args:
+        points: [N, E]. N = 0 gives empty results.
+        bandwidth: flat-kernel radius, > 0.
+    Returns:
+        ``MeanShiftResult`` on ``points.device``.
+    """
+    if points.dim() != 2:
+        raise ValueError(f"points must be [N, E], got shape {tuple(points.shape)}")
+    if not bandwidth > 0 or bandwidth == float("inf"):
+        raise ValueError(f"bandwidth must be a finite number > 0, got {bandwidth}")
+    device = points.device
+    x = points.detach().to(torch.float64)
+    n, e = x.shape
+    if n == 0:
+        return MeanShiftResult(torch.zeros(0, dtype=torch.int64, device=device), x.new_zeros(0, e),
+                               torch.zeros(0, dtype=torch.int64, device=device))
+
+    cells = torch.round(x / bandwidth)
+    cell_of_point, first_seen = _unique_rows(cells, integral=True)
+    n_cells = len(first_seen)
+    if n_cells == n:
+        seeds = x
+    else:
+        bw32 = torch.tensor(bandwidth, dtype=torch.float32, device=device)
+        seeds = (cells[torch.sort(first_seen).values].float() * bw32).double()
+
+    origin = x.mean(0)  # translation does not change mean shift; small magnitudes keep the expansion accurate
+    x = x - origin
+    index = _PointIndex(x, cell_of_point, n_cells, bandwidth)
+    centres, counts = _climb(index, seeds - origin, bandwidth, max_iter)
+    if not bool((counts > 0).any()):
+        centres, counts = _climb(index, x, bandwidth, max_iter)
+    centres, counts = centres[counts > 0], counts[counts > 0]
+
+    # sklearn keeps centres in a dict keyed by their coordinates: equal centres merge, the later seed's count wins.
+    centres = centres + origin
+    which, first = _unique_rows(centres)
+    centres = centres[first]
+    last = torch.full((len(centres),), -1, dtype=torch.int64, device=device).scatter_reduce_(
+        0, which, torch.arange(len(which), device=device), "amax")
+    counts = counts[last]
+    order = torch.arange(len(centres), device=device)
+    for key in [*centres.t().flip(0), counts]:  # lexicographic (count, c_0, ..., c_E-1), descending
+        order = order[torch.sort(key[order], descending=True, stable=True).indices]
+    centres, counts = centres[order], counts[order]
+
+    near = (_sq_distances(centres, centres) <= bandwidth * bandwidth).cpu().numpy()
+    keep = np.ones(len(centres), dtype=bool)
+    for i in range(len(centres)):
+        if keep[i]:
+            keep[near[i]] = False
+            keep[i] = True
+    keep = torch.from_numpy(keep).to(device)
+    centres, counts = centres[keep], counts[keep]
+
+    labels = torch.empty(n, dtype=torch.int64, device=device)
+    step = max(1, _CHUNK_ELEMENTS // len(centres))
+    shifted = centres - origin
+    for s in range(0, n, step):
+        labels[s:s + step] = _sq_distances(x[s:s + step], shifted).argmin(1)
+    return MeanShiftResult(labels, centres, counts)
+
+
+class _PointIndex:
+    """Points sorted into groups (connected grid cells) with a bounding sphere each, for pruned ball sums."""
+
+    MAX_CELLS_TO_GROUP = 4096
+
+    def __init__(self, x: Tensor, cell_of_point: Tensor, n_cells: int, bandwidth: float):
+        counts = torch.bincount(cell_of_point, minlength=n_cells).to(x.dtype)
+        sums = torch.cat([x.new_zeros(n_cells, x.shape[1]).index_add_(0, cell_of_point, x), counts[:, None]], 1)
+        centres = sums[:, :-1] / counts[:, None]
+        radii = x.new_zeros(n_cells).scatter_reduce_(
+            0, cell_of_point, (x - centres[cell_of_point]).square().sum(1), "amax").sqrt()
+        if n_cells <= self.MAX_CELLS_TO_GROUP:
+            group_of_cell = _connected_spheres(centres, radii, bandwidth)
+        else:
+            group_of_cell = torch.zeros(n_cells, dtype=torch.int64, device=x.device)
+        n_groups = int(group_of_cell.max()) + 1
+        self.sums = x.new_zeros(n_groups, x.shape[1] + 1).index_add_(0, group_of_cell, sums)  # [G, E + 1]
+        self.centres = self.sums[:, :-1] / self.sums[:, -1:]
+        # A group's points lie within its cells' spheres, so this bounds their distance to the group's centre.
+        self.radii = x.new_zeros(n_groups).scatter_reduce_(
+            0, group_of_cell, torch.linalg.vector_norm(centres - self.centres[group_of_cell], dim=1) + radii, "amax")
+        group = group_of_cell[cell_of_point]
+        order = torch.argsort(group, stable=True)
+        self.points = torch.cat([x[order], x.new_ones(len(x), 1)], 1)  # [N, E + 1]: the ones column counts
+        self.sq_norms = self.points[:, :-1].square().sum(1)
+        ends = torch.cumsum(torch.bincount(group, minlength=n_groups), 0).tolist()
+        self.bounds = list(zip([0, *ends[:-1]], ends))
+        self.dim = x.shape[1]
+
+    def ball_sums(self, means: Tensor, bandwidth: float) -> Tensor:
+        """[U, E] means -> [U, E + 1]: sum of the points within ``bandwidth`` of each mean, and their count."""
+        r2 = bandwidth * bandwidth
+        out = means.new_zeros(len(means), self.dim + 1)
+        gap = torch.cdist(means, self.centres)  # [U, G]
+        slack = 1e-9 * (1.0 + self.radii + bandwidth)  # keeps the pruning conservative under rounding
+        touches = gap <= bandwidth + self.radii + slack
+        inside = gap + self.radii <= bandwidth - slack
+        out += inside.to(means.dtype) @ self.sums
+        partial = (touches & ~inside).t().contiguous()
+        for g in torch.nonzero(partial.any(1)).flatten().tolist():
+            rows = torch.nonzero(partial[g]).flatten()
+            m = means[rows]
+            threshold = (r2 - (m * m).sum(1))[:, None]
+            a, b = self.bounds[g]
+            acc = means.new_zeros(len(rows), self.dim + 1)
+            step = max(1, _CHUNK_ELEMENTS // len(rows))
+            for s in range(a, b, step):
+                pts = self.points[s:min(b, s + step)]
+                t = torch.addmm(self.sq_norms[s:min(b, s + step)][None], m, pts[:, :-1].t(), alpha=-2.0)
+                acc.addmm_(torch.le(t, threshold, out=t), pts)  # t becomes the 0/1 within-ball weights
+            out.index_add_(0, rows, acc)
+        return out
+
+
+def _connected_spheres(centres: Tensor, radii: Tensor, bandwidth: float) -> Tensor:
+    """[C] component 0..G-1 of each sphere, linking spheres that come within ``bandwidth`` of each other."""
+    n = len(centres)
+    linked = torch.cdist(centres, centres).sub_(radii[:, None]).sub_(radii[None, :]) <= bandwidth
+    label = torch.arange(n, dtype=torch.int32, device=centres.device)
+    while True:
+        new = torch.where(linked, label[None, :], n).amin(1)
+        new = new[new.long()]
+        if torch.equal(new, label):
+            return torch.unique(label, return_inverse=True)[1]
+        label = new.to(torch.int32)
+
+
+def _climb(index: _PointIndex, seeds: Tensor, bandwidth: float, max_iter: int) -> tuple[Tensor, Tensor]:
+    """Step 2 of ``mean_shift``: [S, E] seeds -> final means [S, E] and points within at the last step [S]."""
+    means = seeds.clone()
+    counts = torch.zeros(len(seeds), dtype=torch.int64, device=seeds.device)
+    active = torch.ones(len(seeds), dtype=torch.bool, device=seeds.device)
+    stop = 1e-3 * bandwidth
+    iteration = 0
+    while True:
+        rows = torch.nonzero(active).flatten()
+        if rows.numel() == 0:
+            return means, counts
+        if iteration == 0:  # seeds are distinct grid cells (or the points, each in a cell of its own)
+            shared, distinct = torch.arange(len(rows), device=rows.device), means[rows]
+        else:
+            shared, first = _unique_rows(means[rows])
+            distinct = means[rows[first]]
+        sums = index.ball_sums(distinct, bandwidth)
+        within = sums[:, -1]
+        empty = within == 0
+        new = torch.where(empty[:, None], distinct, sums[:, :-1] / within.clamp(min=1)[:, None])
+        done = empty | (torch.linalg.vector_norm(new - distinct, dim=1) <= stop) | (iteration == max_iter)
+        means[rows] = new[shared]
+        counts[rows] = within[shared].long()
+        active[rows] = ~done[shared]
+        iteration += 1
+
+
+def _unique_rows(rows: Tensor, integral: bool = False) -> tuple[Tensor, Tensor]:
+    """Exactly equal rows of [R, E]: (index 0..U-1 of each row's distinct value [R], its first row [U]).
+
+    ``integral``: the values are whole numbers of moderate size (grid cells). Float rows are first grouped by a
+    wrapping integer hash of their bit patterns, which is used only when every row equals its group's first row;
+    otherwise (or for grid cells) columns are folded into one int64 key by their ranks (1-D sorts only;
+    torch.unique(dim=0) is much slower), re-ranking the key whenever the next column could overflow it.
+    """
+    if len(rows) == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=rows.device)
+        return empty, empty
+    if integral:
+        ranks = (rows - rows.amin(0)).long().t().contiguous()
+        spans = (ranks.amax(1) + 1).tolist()
+    else:
+        bits = (rows.to(torch.float64) + 0.0).view(torch.int64)  # + 0.0 turns -0.0 into 0.0
+        mix = torch.arange(1, 2 * rows.shape[1], 2, dtype=torch.int64, device=rows.device) * _GOLDEN
+        inverse, first = _first_of_each(torch.unique((bits * mix).sum(1), return_inverse=True)[1])
+        if torch.equal(rows[first[inverse]], rows):
+            return inverse, first
+        ranks = [torch.unique(column, return_inverse=True)[1] for column in rows.t()]
+        spans = [int(rank.max()) + 1 for rank in ranks]
+    key = torch.zeros(len(rows), dtype=torch.int64, device=rows.device)
+    span = 1
+    for rank, r in zip(ranks, spans):
+        if span * r >= 1 << 62:
+            _, key = torch.unique(key, return_inverse=True)
+            span = int(key.max()) + 1
+        key, span = key * r + rank, span * r
+    return _first_of_each(torch.unique(key, return_inverse=True)[1])
+
+
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)  # 2^64 / golden ratio, as a signed int64 multiplier
+
+
+def _first_of_each(inverse: Tensor) -> tuple[Tensor, Tensor]:
+    """[R] group index 0..U-1 -> (the same, [U] first row of each group)."""
+    first = torch.full((int(inverse.max()) + 1,), len(inverse), dtype=torch.int64, device=inverse.device)
+    return inverse, first.scatter_reduce_(0, inverse, torch.arange(len(inverse), device=inverse.device), "amin")
+
+
+def _sq_distances(a: Tensor, b: Tensor) -> Tensor:
+    """[P, E], [Q, E] -> [P, Q] squared Euclidean distances (expanded form, clamped at 0)."""
+    return torch.addmm((b * b).sum(1)[None], a, b.t(), alpha=-2.0).add_((a * a).sum(1)[:, None]).clamp_(min=0)
+
+
+@dataclass
+class InstanceMap:
+    """Class-wise clustering result. Shapes: ids [H, W] int64, -1 where no instance, else 0..K-1;
+    classes [K] int64, the class of each instance."""
+
+    ids: Tensor
+    classes: Tensor
+
+
+def cluster_instances(embedding: Tensor, semantic: Tensor, bandwidths: dict[int, float], min_pixels: int = 1,
+                      *, max_iter: int = 300) -> InstanceMap:
+    """Instances of each thing class by mean shift over its pixels' embeddings (paper Sec. III-D).
+
+    For each class in ``bandwidths`` (the thing classes, each with its own bandwidth) present in ``semantic``, in
+    increasing class id, the class's pixels are clustered by ``cluster_embeddings``; clusters with fewer than
+    ``min_pixels`` pixels are dropped. Instances are numbered globally by class, then by cluster label (densest
+    first).
+
+    Args:
+        embedding: [E, H, W] instance embeddings.
+        semantic: [H, W] integer class per pixel.
+    Returns:
+        ``InstanceMap`` on the device of ``embedding``.
+    """
+    if embedding.dim() != 3 or semantic.shape != embedding.shape[1:]:
+        raise ValueError(f"embedding must be [E, H, W] and semantic [H, W] of the same H, W; "
+                         f"got {tuple(embedding.shape)} and {tuple(semantic.shape)}")
+    device = embedding.device
+    semantic = semantic.to(device)
+    ids = torch.full(semantic.shape, -1, dtype=torch.int64, device=device)
+    classes: list[Tensor] = []
+    n_instances = 0
+    present = set(torch.unique(semantic).tolist())
+    for class_id in sorted(c for c in bandwidths if c in present):
+        mask = semantic == class_id
+        labels = cluster_embeddings(embedding[:, mask].t(), bandwidths[class_id], max_iter=max_iter)
+        keep = torch.bincount(labels) >= min_pixels
+        renumber = torch.where(keep, torch.cumsum(keep, 0) - 1 + n_instances, -1)
+        ids[mask] = renumber[labels]
+        kept = int(keep.sum())
+        classes.append(torch.full((kept,), class_id, dtype=torch.int64, device=device))
+        n_instances += kept
+    all_classes = torch.cat(classes) if classes else torch.zeros(0, dtype=torch.int64, device=device)
+    return InstanceMap(ids, all_classes)
+
+
+@dataclass
+class Segment:
+    """One segment of a panoptic result, as msg/Segment.msg: bbox is (x, y, width, height) in pixels."""
+
+    id: int
+    class_id: int
+    class_name: str
+    is_thing: bool
+    score: float
+    area: int
+    bbox: tuple[int, int, int, int]
+
+
+@dataclass
+class PanopticResult:
+    """panoptic [H, W] int32 segment ids (VOID_ID where none) and its segments, sorted by id."""
+
+    panoptic: Tensor
+    segments: list[Segment]
+
+
+def merge_panoptic(semantic: Tensor, instances: Tensor, instance_classes, table: ClassTable, *,
+                   stuff_min_area: int = 0, instance_scores=None, ignore_id: int | None = None) -> PanopticResult:
+    """Panoptic id map and segments from a semantic map and an instance map (detectron2's
+    ``combine_semantic_and_instance_outputs`` with PanoNet's non-overlapping instances).
+
+    Ids follow msg/PanopticSegmentation.msg: instance i of class c is ``c * INSTANCE_OFFSET + k``, k = 0, 1, ...
+    numbering the instances of class c that have pixels in increasing instance index; a stuff class c is ``c``;
+    everything else is ``VOID_ID``: pixels of a thing class not in an instance, pixels labelled ``ignore_id`` (the
+    table's by default) or any id outside the table, and stuff regions smaller than ``stuff_min_area`` pixels.
+    Instance pixels take their instance's class whatever ``semantic`` says there.
+
+    Args:
+        semantic: [H, W] integer class ids.
+        instances: [H, W] integer instance index per pixel, -1 for none.
+        instance_classes: [K] class id of each instance (sequence or tensor); must be thing classes.
+        table: class table of the model; its thing class ids must be >= 1 (so thing ids never equal stuff ids).
+        instance_scores: optional [K] confidence of each instance; segments without one get 1.0.
+    Returns:
+        ``PanopticResult`` with ``panoptic`` on the device of ``semantic``.
+    """
+    if semantic.dim() != 2 or instances.shape != semantic.shape:
+        raise ValueError(f"semantic and instances must both be [H, W]; got {tuple(semantic.shape)} and "
+                         f"{tuple(instances.shape)}")
+    if 0 in table.thing_ids:
+        raise ValueError(f"class table {table.name!r}: class 0 ({table[0].name!r}) is a thing, but thing ids "
+                         f"class_id * {INSTANCE_OFFSET} + k would then collide with stuff ids; thing classes "
+                         f"need ids >= 1")
+    if len(table) > INSTANCE_OFFSET:
+        raise ValueError(f"class table {table.name!r} has {len(table)} classes; stuff ids must stay below "
+                         f"INSTANCE_OFFSET = {INSTANCE_OFFSET}")
+    device = semantic.device
+    classes = torch.as_tensor(instance_classes, dtype=torch.int64).flatten().to(device)
+    n_inst = len(classes)
+    is_thing = torch.tensor([c.is_thing for c in table.classes], dtype=torch.bool, device=device)
+    if n_inst and (bool((classes < 0).any()) or bool((classes >= len(table)).any()) or
+                   not bool(is_thing[classes].all())):
+        raise ValueError(f"instance_classes must be thing class ids {table.thing_ids}, got {classes.tolist()}")
+    instances = instances.to(device=device, dtype=torch.int64)
+    if instances.numel() and (int(instances.min()) < -1 or int(instances.max()) >= n_inst):
+        raise ValueError(f"instances must hold -1 or an index < len(instance_classes) = {n_inst}; got values in "
+                         f"[{int(instances.min())}, {int(instances.max())}]")
+    scores = (torch.ones(n_inst, dtype=torch.float64) if instance_scores is None
+              else torch.as_tensor(instance_scores, dtype=torch.float64).flatten().cpu())
+    if len(scores) != n_inst:
+        raise ValueError(f"got {len(scores)} instance_scores for {n_inst} instances")
+    ignore_id = table.ignore_id if ignore_id is None else ignore_id
+
+    semantic = semantic.to(torch.int64)
+    known = (semantic >= 0) & (semantic < len(table)) & (semantic != ignore_id)
+    stuff = known & ~is_thing[semantic.clamp(0, len(table) - 1)]
+    panoptic = torch.where(stuff, semantic, VOID_ID)
+    if stuff_min_area > 0:
+        area = torch.bincount(semantic[stuff], minlength=len(table))
+        panoptic = torch.where(stuff & (area[semantic.clamp(0, len(table) - 1)] < stuff_min_area), VOID_ID, panoptic)
+
+    if n_inst:
+        inst_area = torch.bincount(instances[instances >= 0], minlength=n_inst)
+        present = inst_area > 0
+        # k of instance i: how many present instances of its class come before it.
+        same = (classes[:, None] == classes[None, :]) & present[None, :]
+        k = torch.tril(same, diagonal=-1).sum(1)
+        if bool((k[present] >= INSTANCE_OFFSET).any()):
+            raise ValueError(f"more than {INSTANCE_OFFSET} instances of one class")
+        inst_id = classes * INSTANCE_OFFSET + k
+        has = instances >= 0
+        panoptic = torch.where(has, inst_id[instances.clamp(min=0)], panoptic)
+        score_of = {int(i): float(s) for i, s in zip(inst_id[present].tolist(), scores[present.cpu()].tolist())}
+    else:
+        score_of = {}
+    panoptic = panoptic.to(torch.int32)
+    return PanopticResult(panoptic, _segments(panoptic, table, score_of))
+
+
+def _segments(panoptic: Tensor, table: ClassTable, score_of: dict[int, float]) -> list[Segment]:
+    """Area and tight box of every non-void id of ``panoptic`` [H, W], in one pass of scatter reductions."""
+    h, w = panoptic.shape
+    flat = panoptic.flatten().to(torch.int64)
+    valid = flat != VOID_ID
+    if not bool(valid.any()):
+        return []
+    ids, which = torch.unique(flat[valid], return_inverse=True)
+    pos = torch.nonzero(valid).flatten()
+    ys, xs = pos // w, pos % w
+    m = len(ids)
+    area = torch.bincount(which, minlength=m)
+    big = torch.full((m,), h + w, dtype=torch.int64, device=flat.device)
+    x0 = big.scatter_reduce(0, which, xs, "amin")
+    y0 = big.scatter_reduce(0, which, ys, "amin")
+    x1 = torch.full_like(big, -1).scatter_reduce(0, which, xs, "amax")
+    y1 = torch.full_like(big, -1).scatter_reduce(0, which, ys, "amax")
+    rows = torch.stack([ids, area, x0, y0, x1 - x0 + 1, y1 - y0 + 1], 1).cpu().tolist()
+    segments = []
+    for seg_id, a, x, y, bw, bh in rows:
+        class_id = seg_id // INSTANCE_OFFSET if seg_id >= INSTANCE_OFFSET else seg_id
+        info = table[class_id]
+        segments.append(Segment(seg_id, class_id, info.name, info.is_thing, score_of.get(seg_id, 1.0), a,
+                                (x, y, bw, bh)))
+    return segments

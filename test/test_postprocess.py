@@ -1,0 +1,228 @@
+"""Mean-shift clustering against sklearn, class-wise instances, and the panoptic merge on toy maps."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import MeanShift
+from sklearn.metrics import adjusted_rand_score
+
+from panoptic_ros.classes import CAMVID, ClassInfo, ClassTable
+from panoptic_ros.postprocess import (
+    INSTANCE_OFFSET,
+    VOID_ID,
+    cluster_embeddings,
+    cluster_instances,
+    mean_shift,
+    merge_panoptic,
+)
+
+
+def blobs(sizes, std=0.06, separation=2.0, dim=12, seed=0):
+    """Embeddings as a trained discriminative loss leaves them: blobs of radius ~delta_v, centres >= 2 delta_d
+    apart."""
+    rng = np.random.default_rng(seed)
+    centres = []
+    while len(centres) < len(sizes):
+        c = rng.uniform(-2.5, 2.5, dim)
+        if all(np.linalg.norm(c - d) >= separation for d in centres):
+            centres.append(c)
+    points = np.concatenate([c + rng.normal(0, std, (n, dim)) for c, n in zip(centres, sizes)])
+    return points[rng.permutation(len(points))]
+
+
+def sklearn_labels(points, bandwidth):
+    return MeanShift(bandwidth=bandwidth, bin_seeding=True, min_bin_freq=1, cluster_all=True).fit(points).labels_
+
+
+@pytest.mark.parametrize("sizes, bandwidth, seed", [
+    ((300, 700), 0.5, 0),
+    ((50, 400, 1200, 90), 0.4, 1),
+    ((800, 30, 250, 600, 120, 400), 0.5, 2),
+    ((200, 900, 60, 310, 75, 1500, 40, 500), 0.6, 3),
+    ((500,) * 8, 0.3, 4),
+])
+def test_same_labels_as_sklearn_on_separated_blobs(sizes, bandwidth, seed):
+    points = blobs(sizes, seed=seed)
+    expected = sklearn_labels(points, bandwidth)
+    labels = cluster_embeddings(torch.from_numpy(points), bandwidth)
+    assert labels.dtype == torch.int64
+    assert adjusted_rand_score(expected, labels.numpy()) == 1.0
+    assert len(np.unique(expected)) == len(sizes)
+    # Same numbering too: clusters ordered as sklearn orders them (most points within bandwidth first).
+    assert np.array_equal(labels.numpy(), expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_overlapping_blobs_give_sklearns_partition_too(seed):
+    # Four blobs whose spread (0.15 per dimension) is comparable to their separation: sklearn finds 20-30
+    # modes here. Our labels are identical, including the numbering.
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 0.35, (4, 12))
+    points = np.concatenate([c + rng.normal(0, 0.15, (400, 12)) for c in centres])
+    expected = sklearn_labels(points, 0.5)
+    labels = cluster_embeddings(torch.from_numpy(points), 0.5).numpy()
+    assert len(np.unique(expected)) > 4
+    assert np.array_equal(labels, expected)
+
+
+def test_centres_and_counts_match_sklearn():
+    points = blobs((300, 500, 200), seed=5)
+    ms = MeanShift(bandwidth=0.5, bin_seeding=True).fit(points)
+    result = mean_shift(torch.from_numpy(points), 0.5)
+    assert torch.allclose(result.centres, torch.from_numpy(ms.cluster_centers_), atol=1e-12, rtol=0)
+    assert result.intensities.tolist() == sorted(result.intensities.tolist(), reverse=True)
+
+
+def test_float32_input_and_degenerate_sizes():
+    points = blobs((200, 300), seed=6)
+    expected = sklearn_labels(points, 0.5)
+    assert np.array_equal(cluster_embeddings(torch.from_numpy(points).float(), 0.5).numpy(),
+                          sklearn_labels(points.astype(np.float32).astype(np.float64), 0.5))
+    assert adjusted_rand_score(expected, cluster_embeddings(torch.from_numpy(points).float(), 0.5).numpy()) == 1.0
+    empty = cluster_embeddings(torch.zeros(0, 12), 0.5)
+    assert empty.shape == (0,) and empty.dtype == torch.int64
+    assert cluster_embeddings(torch.randn(1, 12), 0.5).tolist() == [0]
+    assert cluster_embeddings(torch.full((50, 12), 0.3), 0.5).tolist() == [0] * 50
+
+
+def test_every_point_its_own_cell_uses_points_as_seeds_like_sklearn():
+    points = np.eye(12) * 0.4 + 0.2  # 12 points 0.57 apart, bandwidth 0.1: 12 clusters
+    with pytest.warns(UserWarning, match="Binning data failed"):
+        expected = sklearn_labels(points, 0.1)
+    assert np.array_equal(cluster_embeddings(torch.from_numpy(points), 0.1).numpy(), expected)
+
+
+def test_deterministic_and_order_of_points_only_permutes_labels():
+    points = torch.from_numpy(blobs((400, 300, 500), seed=7))
+    first = cluster_embeddings(points, 0.5)
+    assert torch.equal(first, cluster_embeddings(points, 0.5))
+    perm = torch.randperm(len(points), generator=torch.Generator().manual_seed(0))
+    assert adjusted_rand_score(first[perm].numpy(), cluster_embeddings(points[perm], 0.5).numpy()) == 1.0
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="bandwidth"):
+        cluster_embeddings(torch.zeros(3, 2), 0.0)
+    with pytest.raises(ValueError, match=r"\[N, E\]"):
+        cluster_embeddings(torch.zeros(3, 2, 1), 0.5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gives_the_cpu_result():
+    points = torch.from_numpy(blobs((2000, 500, 3000, 800, 100), seed=8))
+    cpu = mean_shift(points, 0.5)
+    cuda = mean_shift(points.cuda().float(), 0.5)
+    assert cuda.labels.device.type == "cuda"
+    assert torch.equal(cuda.labels.cpu(), mean_shift(points.float(), 0.5).labels)
+    assert torch.equal(cpu.labels, cuda.labels.cpu())
+    assert torch.allclose(cpu.centres, cuda.centres.cpu(), atol=1e-6, rtol=0)
+
+
+def toy_instances():
+    """4 x 6 map, E = 2. Columns 0-1: car A (8 px, embedding (0, 0)); column 2: road; column 3: pedestrian
+    (4 px, embedding (0, 0), the same as car A); columns 4-5, rows 0-2: car B (6 px, embedding (5, 5));
+    row 3 of columns 4-5: road."""
+    semantic = torch.tensor([[8, 8, 3, 9, 8, 8]] * 3 + [[8, 8, 3, 9, 3, 3]])
+    embedding = torch.zeros(2, 4, 6)
+    embedding[:, :3, 4:] = 5.0
+    embedding += 0.01 * torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(0))
+    return embedding, semantic
+
+
+def test_cluster_instances_per_class():
+    embedding, semantic = toy_instances()
+    result = cluster_instances(embedding, semantic, {8: 0.5, 9: 0.5, 10: 0.5})
+    # Car A (8 px) is the densest car cluster, then car B; the pedestrian is separate although its embeddings
+    # equal car A's, because each class is clustered on its own.
+    expected = torch.tensor([[0, 0, -1, 2, 1, 1]] * 3 + [[0, 0, -1, 2, -1, -1]])
+    assert torch.equal(result.ids, expected)
+    assert result.classes.tolist() == [8, 8, 9]
+    small_dropped = cluster_instances(embedding, semantic, {8: 0.5, 9: 0.5}, min_pixels=5)  # the 4-px pedestrian
+    assert torch.equal(small_dropped.ids, torch.where(expected == 2, -1, expected))
+    assert small_dropped.classes.tolist() == [8, 8]
+    only_big = cluster_instances(embedding, semantic, {8: 0.5, 9: 0.5}, min_pixels=7)
+    assert torch.equal(only_big.ids, torch.where(expected == 0, 0, -1))
+    one_car = cluster_instances(embedding, semantic, {8: 10.0})  # a huge bandwidth merges both cars
+    assert torch.equal(one_car.ids, torch.where(semantic == 8, 0, -1))
+    assert one_car.classes.tolist() == [8]
+
+
+def toy_panoptic():
+    semantic = torch.tensor([
+        [3, 3, 8, 8, 0, 0],
+        [3, 3, 8, 8, 0, 0],
+        [3, 1, 9, 8, 11, 0],
+        [3, 1, 9, 9, 8, 8],
+    ])
+    instances = torch.tensor([
+        [-1, -1, 0, 0, -1, -1],
+        [-1, -1, 0, 0, -1, -1],
+        [-1, -1, 1, 2, -1, -1],
+        [-1, -1, 1, 1, -1, -1],
+    ])
+    return semantic, instances, [8, 9, 8]
+
+
+def test_merge_ids_void_rules_and_segments():
+    semantic, instances, classes = toy_panoptic()
+    result = merge_panoptic(semantic, instances, classes, CAMVID, stuff_min_area=3, instance_scores=[0.9, 0.8, 0.7])
+    assert result.panoptic.dtype == torch.int32
+    # Car pixels outside any instance, the ignore label (11) and the 2-pixel building (< 3) are void.
+    assert result.panoptic.tolist() == [
+        [3, 3, 8000, 8000, 0, 0],
+        [3, 3, 8000, 8000, 0, 0],
+        [3, -1, 9000, 8001, -1, 0],
+        [3, -1, 9000, 9000, -1, -1],
+    ]
+    got = [(s.id, s.class_id, s.class_name, s.is_thing, s.score, s.area, s.bbox) for s in result.segments]
+    assert got == [
+        (0, 0, "sky", False, 1.0, 5, (4, 0, 2, 3)),
+        (3, 3, "road", False, 1.0, 6, (0, 0, 2, 4)),
+        (8000, 8, "car", True, 0.9, 4, (2, 0, 2, 2)),
+        (8001, 8, "car", True, 0.7, 1, (3, 2, 1, 1)),
+        (9000, 9, "pedestrian", True, 0.8, 3, (2, 2, 2, 2)),
+    ]
+    for s in result.segments:  # every segment is exactly the pixels with its id, boxed tightly
+        ys, xs = torch.nonzero(result.panoptic == s.id, as_tuple=True)
+        assert s.area == len(ys)
+        assert s.bbox == (xs.min().item(), ys.min().item(), (xs.max() - xs.min() + 1).item(),
+                          (ys.max() - ys.min() + 1).item())
+    assert {s.id for s in result.segments} == set(result.panoptic.unique().tolist()) - {VOID_ID}
+
+
+def test_merge_defaults_keep_small_stuff_and_score_one():
+    semantic, instances, classes = toy_panoptic()
+    result = merge_panoptic(semantic, instances, classes, CAMVID)
+    assert result.panoptic[2, 1].item() == 1 and result.panoptic[3, 1].item() == 1
+    assert all(s.score == 1.0 for s in result.segments)
+    assert VOID_ID == -1 and INSTANCE_OFFSET == 1000
+
+
+def test_merge_numbers_instances_per_class_skipping_empty_ones():
+    semantic, instances, _ = toy_panoptic()
+    instances = torch.where(instances >= 0, instances + 1, -1)  # instance 0 (a car) now has no pixels
+    result = merge_panoptic(semantic, instances, [8, 8, 9, 8], CAMVID)
+    assert result.panoptic[0, 2].item() == 8000 and result.panoptic[2, 3].item() == 8001
+    assert result.panoptic[2, 2].item() == 9000
+
+
+def test_merge_with_no_instances_and_explicit_ignore_id():
+    semantic, _, _ = toy_panoptic()
+    result = merge_panoptic(semantic, torch.full_like(semantic, -1), [], CAMVID, ignore_id=0)
+    assert (result.panoptic[semantic >= 8] == VOID_ID).all()
+    assert (result.panoptic[semantic == 0] == VOID_ID).all()  # sky is the ignore id here
+    assert result.panoptic[2, 4].item() == VOID_ID  # 11 is outside the table's 0..10
+
+
+def test_merge_rejects_thing_class_zero_and_bad_instances():
+    table = ClassTable("bad", (ClassInfo(0, "car", True, (0, 0, 0)), ClassInfo(1, "road", False, (1, 1, 1))), 2)
+    zeros = torch.zeros(2, 2, dtype=torch.int64)
+    with pytest.raises(ValueError, match="thing classes need ids >= 1"):
+        merge_panoptic(zeros, zeros - 1, [], table)
+    semantic, instances, _ = toy_panoptic()
+    with pytest.raises(ValueError, match="instance_classes must be thing class ids"):
+        merge_panoptic(semantic, instances, [8, 3, 8], CAMVID)
+    with pytest.raises(ValueError, match="instances must hold -1 or an index"):
+        merge_panoptic(semantic, instances, [8, 9], CAMVID)
+    with pytest.raises(ValueError, match="instance_scores"):
+        merge_panoptic(semantic, instances, [8, 9, 8], CAMVID, instance_scores=[1.0])
