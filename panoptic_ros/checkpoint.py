@@ -3,6 +3,7 @@ config, so a file alone rebuilds its network. Training checkpoints (resumable) a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -23,14 +24,22 @@ class WeightsError(RuntimeError):
 
 def save_weights(model: nn.Module, config: ExperimentConfig, path: str | Path, half: bool = True, info: dict | None = None) -> Path:
     """Write the model's state dict (floating tensors in fp16 when ``half``) with its config as metadata."""
-    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    return save_state(state, config.model, config.postprocess, {"dataset": config.data.dataset, **(info or {})}, path)
+
+
+def save_state(state: dict[str, torch.Tensor], model_cfg: ModelConfig, post_cfg: PostprocessConfig, info: dict,
+               path: str | Path) -> Path:
+    """Write a state dict with its configs (``info["dataset"]`` names the class table)."""
+    info = dict(info)
     metadata = {
         "format": FORMAT,
-        "model": json.dumps(config.to_dict()["model"]),
-        "postprocess": json.dumps(config.to_dict()["postprocess"]),
-        "dataset": config.data.dataset,
-        "info": json.dumps(info or {}),
+        "model": json.dumps(dataclasses.asdict(model_cfg)),
+        "postprocess": json.dumps(dataclasses.asdict(post_cfg)),
+        "dataset": info.pop("dataset", ""),
+        "info": json.dumps(info),
     }
+    state = {k: v.contiguous() for k, v in state.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata=metadata)

@@ -38,6 +38,17 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class NetworkOutput:
+    """Raw network output for one image: logits [K, h, w] and embedding [E, h, w] (float32, 1/4 of the network
+    input), the input image's size (H, W) and the timings so far."""
+
+    logits: Tensor
+    embedding: Tensor
+    size: tuple[int, int]
+    timings: dict[str, float]
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -87,9 +98,14 @@ class Predictor:
     def bandwidths(self) -> dict[int, float]:
         return {c: self.postprocess.bandwidth(c) for c in self.table.thing_ids}
 
-    @torch.inference_mode()
     def __call__(self, rgb: np.ndarray) -> Prediction:
         """rgb: uint8 [H, W, 3] image."""
+        raw = self.run_network(rgb)
+        return self.postprocess_output(raw)
+
+    @torch.inference_mode()
+    def run_network(self, rgb: np.ndarray) -> NetworkOutput:
+        """Preprocess and run the network; outputs stay at 1/4 of the network input."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 8:
             raise ValueError(f"expected a uint8 RGB image [H, W, 3] of at least 8 x 8, got {rgb.dtype} {rgb.shape}")
         timings = {}
@@ -100,19 +116,26 @@ class Predictor:
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR)
         images = normalize_image(rgb)[None].to(self.device, self.dtype)
         clock = self._lap(timings, "preprocess", clock)
-
         out = self.model(images)
         logits, embedding = out["semantic"][0].float(), out["embedding"][0].float()
-        clock = self._lap(timings, "model", clock)
+        self._lap(timings, "model", clock)
+        return NetworkOutput(logits, embedding, (height, width), timings)
 
-        # Cluster at the network's 1/4 output resolution; label and merge at the input resolution.
-        probs = logits.softmax(0)
+    @torch.inference_mode()
+    def postprocess_output(self, raw: NetworkOutput, bandwidths: dict[int, float] | None = None) -> Prediction:
+        """Class-wise mean-shift (Sec. III-D) at the network's 1/4 resolution, then semantic labels and the panoptic
+        merge at the input resolution. ``bandwidths`` overrides the configured ones (bandwidth search)."""
+        timings = dict(raw.timings)
+        clock = time.perf_counter()
+        height, width = raw.size
+        probs = raw.logits.softmax(0)
         confidence, coarse_semantic = probs.max(0)
-        inst = cluster_instances(embedding, coarse_semantic, self.bandwidths, self.postprocess.min_instance_pixels)
+        bandwidths = self.bandwidths if bandwidths is None else bandwidths
+        inst = cluster_instances(raw.embedding, coarse_semantic, bandwidths, self.postprocess.min_instance_pixels)
         scores = [float(confidence[inst.ids == k].mean()) for k in range(len(inst.classes))]
         clock = self._lap(timings, "clustering", clock)
 
-        semantic = F.interpolate(logits[None], size=(height, width), mode="bilinear", align_corners=False)[0].argmax(0)
+        semantic = F.interpolate(raw.logits[None], size=(height, width), mode="bilinear", align_corners=False)[0].argmax(0)
         ids = F.interpolate(inst.ids[None, None].float(), size=(height, width), mode="nearest-exact")[0, 0].long()
         instance_class = torch.cat([inst.classes, inst.classes.new_full((1,), -1)])[ids]  # ids == -1 -> last
         ids = torch.where(instance_class == semantic, ids, torch.full_like(ids, -1))

@@ -6,6 +6,34 @@ the network) never see each other. Set at import, before any test module imports
 
 import os
 
+import cv2
+import numpy as np
+import pytest
+
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 # Domains 1..100 keep Fast DDS's well-known ports out of the ephemeral range.
 os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
+
+
+@pytest.fixture
+def toy_camvid(tmp_path):
+    """Four 64 x 96 frames: road below, sky above, and two 'cars' (class 8) as coloured boxes."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for k in range(4):
+        label = np.zeros((64, 96), np.uint8)
+        label[32:] = 3
+        image = np.zeros((64, 96, 3), np.uint8)
+        image[:32] = (200, 200, 255)
+        image[32:] = (90, 90, 90)
+        for _ in range(2):
+            y, x = rng.integers(30, 50), rng.integers(0, 80)
+            label[y:y + 12, x:x + 16] = 8
+            image[y:y + 12, x:x + 16] = (200, 30, 30)
+        for folder, array in (("train", cv2.cvtColor(image, cv2.COLOR_RGB2BGR)), ("trainannot", label)):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            cv2.imwrite(str(tmp_path / folder / f"f{k}.png"), array)
+        lines.append(f"/SegNet/CamVid/train/f{k}.png /SegNet/CamVid/trainannot/f{k}.png")
+    for split in ("train", "val"):
+        (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return tmp_path

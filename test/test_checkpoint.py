@@ -63,3 +63,17 @@ def test_unreadable_or_foreign_files(tmp_path):
     save_file({"x": torch.zeros(2)}, str(foreign))
     with pytest.raises(WeightsError, match="expected metadata format 'panoptic_ros.weights.v1'"):
         load_model(foreign)
+
+
+def test_rewriting_postprocess_keeps_the_network(saved, tmp_path):
+    import dataclasses
+
+    from panoptic_ros.checkpoint import read_weights, save_state
+
+    _, _, path = saved
+    state, model_cfg, post_cfg, info = read_weights(path)
+    tuned = dataclasses.replace(post_cfg, bandwidths={8: 0.35, 9: 0.7})
+    out = save_state(state, model_cfg, tuned, info, tmp_path / "tuned.safetensors")
+    state2, model_cfg2, post_cfg2, info2 = read_weights(out)
+    assert post_cfg2.bandwidths == {8: 0.35, 9: 0.7} and model_cfg2 == model_cfg and info2 == info
+    assert all(torch.equal(state[k], state2[k]) for k in state)
