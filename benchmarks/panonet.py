@@ -1,0 +1,89 @@
+"""PanoNet end-to-end benchmark through the Predictor (preprocess, network, clustering, merge) on the embedded
+CamVid frame resized to each resolution.
+
+CPU: frames per second at 512x256 and 1024x512 and the share of each stage. GPU (when present): 2048x1024 in
+fp16 and fp32, frames per second and peak GPU memory (target >= 250 FPS under 1 GB on an H100).
+
+    python -m benchmarks.panonet [--weights W] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import cv2
+import numpy as np
+import torch
+
+from panoptic_ros.datasets import read_rgb
+from panoptic_ros.demo import DEFAULT_IMAGE
+from panoptic_ros.predictor import DEFAULT_WEIGHTS, Predictor
+
+from .common import environment, write_results
+
+
+def measure(predictor: Predictor, rgb: np.ndarray, seconds: float) -> dict:
+    for _ in range(3):
+        predictor(rgb)
+    stages: dict[str, list[float]] = {}
+    frames, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or frames < 5:
+        for stage, ms in predictor(rgb).timings.items():
+            stages.setdefault(stage, []).append(ms)
+        frames += 1
+    wall = time.perf_counter() - start
+    median = {k: float(np.median(v)) for k, v in stages.items()}
+    total = sum(median.values())
+    return {"frames": frames, "fps": frames / wall, "median_ms": median,
+            "share": {k: v / total for k, v in median.items()}}
+
+
+def row(name: str, r: dict) -> str:
+    share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["share"].items())
+    extra = f", peak {r['peak_mib']:.0f} MiB" if "peak_mib" in r else ""
+    return f"| {name} | {r['fps']:.1f} | {sum(r['median_ms'].values()):.1f} | {share}{extra} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
+    parser.add_argument("--quick", action="store_true")
+    opts = parser.parse_args()
+    seconds = 2.0 if opts.quick else 15.0
+    frame = read_rgb(DEFAULT_IMAGE)
+    cpu = torch.device("cpu")
+    predictor = Predictor.from_weights(opts.weights, device="cpu")
+    results = {}
+    for w, h in ((512, 256), (1024, 512)):
+        results[f"{w}x{h}"] = measure(predictor, cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR), seconds)
+    payload = {**environment(cpu), "weights": opts.weights, "model": predictor.model.config.__dict__, "cpu": results}
+    lines = ["# PanoNet end-to-end benchmark (CPU)", "",
+             f"commit {payload['commit']}, {payload['date']}, {payload['cpu']}, {payload['cpu_threads']} threads, "
+             f"torch {payload['torch']}, weights {opts.weights}", "",
+             "| resolution | FPS | median ms | share of time |", "|---|---|---|---|",
+             *(row(k, v) for k, v in results.items()), ""]
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        gpu_results = {}
+        big = cv2.resize(frame, (2048, 1024), interpolation=cv2.INTER_LINEAR)
+        for precision in ("fp16", "fp32"):
+            p = Predictor.from_weights(opts.weights, device="cuda", precision=precision)
+            torch.cuda.reset_peak_memory_stats()
+            r = measure(p, big, seconds)
+            r["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            gpu_results[f"2048x1024 {precision}"] = r
+        write_results("panonet", gpu, {**environment(gpu), "weights": opts.weights, "cuda": gpu_results,
+                                       "target": ">= 250 FPS at 2048x1024 fp16, < 1 GB on an H100"},
+                      "\n".join(["# PanoNet end-to-end benchmark (CUDA)", "", "| resolution | FPS | median ms | share |",
+                                 "|---|---|---|---|", *(row(k, v) for k, v in gpu_results.items()), ""]))
+    else:
+        payload["cuda"] = "unmeasured: no CUDA device in this run"
+        lines += ["GPU (2048x1024 fp16): unmeasured, no CUDA device in this run.", ""]
+    path = write_results("panonet", cpu, payload, "\n".join(lines))
+    print("\n".join(lines))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
