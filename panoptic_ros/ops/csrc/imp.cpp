@@ -7,8 +7,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <Python.h>
 #include <torch/library.h>
 
@@ -130,10 +128,9 @@ std::tuple<at::Tensor, at::Tensor> imp_forward_cpu(const at::Tensor& masks_in, c
                                                    int64_t num_classes, int64_t height, int64_t width,
                                                    double box_scale, bool with_winner) {
   check_forward_args(masks_in, scores_in, classes_in, boxes_in, num_classes, height, width);
-  const at::Tensor masks = masks_in.contiguous(), scores = scores_in.contiguous();
-  const at::Tensor classes = classes_in.contiguous(), boxes = boxes_in.to(at::kFloat).contiguous();
-  const auto acc_type = at::toOpMathType(masks.scalar_type());
-  at::Tensor canvas = at::zeros({num_classes, height, width}, masks.options().dtype(acc_type));
+  const Inputs in = kernel_inputs(masks_in, scores_in, classes_in, boxes_in);
+  const at::Tensor &masks = in.masks, &scores = in.scores, &classes = in.classes, &boxes = in.boxes;
+  at::Tensor canvas = empty_canvas(masks, num_classes, height, width);
   at::Tensor winner = winner_like(canvas, with_winner);
   if (masks.numel() > 0 && canvas.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, masks.scalar_type(), "imp_forward_cpu", [&] {
@@ -153,8 +150,8 @@ std::tuple<at::Tensor, at::Tensor> imp_backward_cpu(const at::Tensor& grad_canva
                                                     const at::Tensor& classes_in, const at::Tensor& boxes_in,
                                                     double box_scale) {
   check_backward_args(grad_canvas_in, winner_in, masks_in);
-  const at::Tensor masks = masks_in.contiguous(), scores = scores_in.contiguous();
-  const at::Tensor classes = classes_in.contiguous(), boxes = boxes_in.to(at::kFloat).contiguous();
+  const Inputs in = kernel_inputs(masks_in, scores_in, classes_in, boxes_in);
+  const at::Tensor &masks = in.masks, &scores = in.scores, &classes = in.classes, &boxes = in.boxes;
   const at::Tensor grad_canvas = grad_canvas_in.to(masks.scalar_type()).contiguous();
   const at::Tensor winner = winner_in.contiguous();
   at::Tensor grad_masks = at::zeros_like(masks);

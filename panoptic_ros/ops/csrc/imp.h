@@ -4,6 +4,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
 namespace panoptic_ros {
@@ -32,6 +34,21 @@ inline void check_forward_args(const at::Tensor& masks, const at::Tensor& scores
     TORCH_CHECK(t->device() == masks.device(), "imp: all inputs must be on one device; masks on ", masks.device(),
                 ", another input on ", t->device());
   }
+}
+
+// Inputs as the kernels read them: contiguous, boxes in float32 (the geometry's precision).
+struct Inputs {
+  at::Tensor masks, scores, classes, boxes;
+};
+
+inline Inputs kernel_inputs(const at::Tensor& masks, const at::Tensor& scores, const at::Tensor& classes,
+                            const at::Tensor& boxes) {
+  return {masks.contiguous(), scores.contiguous(), classes.contiguous(), boxes.to(at::kFloat).contiguous()};
+}
+
+// The canvas accumulates in the op-math type (float for half types) and is rounded once at the end.
+inline at::Tensor empty_canvas(const at::Tensor& masks, int64_t num_classes, int64_t height, int64_t width) {
+  return at::zeros({num_classes, height, width}, masks.options().dtype(at::toOpMathType(masks.scalar_type())));
 }
 
 // The winner-index output of imp_forward: -1 everywhere when requested, else an empty tensor.

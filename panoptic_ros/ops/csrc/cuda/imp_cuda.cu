@@ -9,8 +9,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -136,10 +134,9 @@ std::tuple<at::Tensor, at::Tensor> imp_forward_cuda(const at::Tensor& masks_in, 
                                                     double box_scale, bool with_winner) {
   check_forward_args(masks_in, scores_in, classes_in, boxes_in, num_classes, height, width);
   const c10::cuda::CUDAGuard guard(masks_in.device());
-  const at::Tensor masks = masks_in.contiguous(), scores = scores_in.contiguous();
-  const at::Tensor classes = classes_in.contiguous(), boxes = boxes_in.to(at::kFloat).contiguous();
-  const auto acc_type = at::toOpMathType(masks.scalar_type());
-  at::Tensor canvas = at::zeros({num_classes, height, width}, masks.options().dtype(acc_type));
+  const Inputs in = kernel_inputs(masks_in, scores_in, classes_in, boxes_in);
+  const at::Tensor &masks = in.masks, &scores = in.scores, &classes = in.classes, &boxes = in.boxes;
+  at::Tensor canvas = empty_canvas(masks, num_classes, height, width);
   at::Tensor winner = winner_like(canvas, with_winner);
   const int64_t n_inst = masks.size(0);
   if (n_inst > 0 && masks.numel() > 0 && canvas.numel() > 0) {
@@ -173,8 +170,8 @@ std::tuple<at::Tensor, at::Tensor> imp_backward_cuda(const at::Tensor& grad_canv
                                                      double box_scale) {
   check_backward_args(grad_canvas_in, winner_in, masks_in);
   const c10::cuda::CUDAGuard guard(masks_in.device());
-  const at::Tensor masks = masks_in.contiguous(), scores = scores_in.contiguous();
-  const at::Tensor classes = classes_in.contiguous(), boxes = boxes_in.to(at::kFloat).contiguous();
+  const Inputs in = kernel_inputs(masks_in, scores_in, classes_in, boxes_in);
+  const at::Tensor &masks = in.masks, &scores = in.scores, &classes = in.classes, &boxes = in.boxes;
   const at::Tensor grad_canvas = grad_canvas_in.to(masks.scalar_type()).contiguous();
   const at::Tensor winner = winner_in.contiguous();
   at::Tensor grad_masks = at::zeros_like(masks);
