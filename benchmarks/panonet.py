@@ -57,7 +57,7 @@ def main() -> None:
     results = {}
     for w, h in ((512, 256), (1024, 512)):
         results[f"{w}x{h}"] = measure(predictor, cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR), seconds)
-    payload = {**environment(cpu), "weights": opts.weights, "model": predictor.model.config.__dict__, "cpu": results}
+    payload = {**environment(cpu), "weights": opts.weights, "model": predictor.model.config.__dict__, "results": results}
     lines = ["# PanoNet end-to-end benchmark (CPU)", "",
              f"commit {payload['commit']}, {payload['date']}, {payload['cpu']}, {payload['cpu_threads']} threads, "
              f"torch {payload['torch']}, weights {opts.weights}", "",

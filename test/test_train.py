@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from panoptic_ros.checkpoint import load_model
@@ -30,3 +31,28 @@ def test_training_lowers_the_loss_resumes_and_exports(toy_camvid, tmp_path):
     assert log[-1]["val_miou"] > log[0]["val_miou"]
     model, model_cfg, _, info = load_model(out / "weights.safetensors")
     assert model_cfg.num_classes == 11 and info["epochs"] == 6
+
+
+@pytest.mark.slow
+def test_torchrun_trains_with_two_processes(toy_camvid, tmp_path):
+    """DistributedDataParallel on two CPU processes (gloo): rank 0 logs, checkpoints and exports."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = config(toy_camvid, epochs=2).to_dict()
+    cfg["train"]["epochs"] = 1
+    cfg["train"]["coordinate_epoch"] = 1
+    cfg_path = tmp_path / "toy.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "ddp"
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "panoptic_ros.train", "--config", str(cfg_path), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1]  # one log line: only rank 0 writes
+    assert (out / "weights.safetensors").exists() and (out / "last.pt").exists()
