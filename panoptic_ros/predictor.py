@@ -49,6 +49,17 @@ class NetworkOutput:
     timings: dict[str, float]
 
 
+def argmax_classes(logits: Tensor) -> Tensor:
+    """argmax over dim 0 of [K, H, W] (ties: the first class, as torch.argmax). A running maximum over the K planes
+    reads memory contiguously; torch's reduction over the strided class axis was 20x slower on the CPU."""
+    best, index = logits[0].clone(), torch.zeros(logits.shape[1:], dtype=torch.int64, device=logits.device)
+    for k in range(1, logits.shape[0]):
+        better = logits[k] > best
+        best = torch.where(better, logits[k], best)
+        index.masked_fill_(better, k)
+    return index
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -135,7 +146,7 @@ class Predictor:
         scores = [float(confidence[inst.ids == k].mean()) for k in range(len(inst.classes))]
         clock = self._lap(timings, "clustering", clock)
 
-        semantic = F.interpolate(raw.logits[None], size=(height, width), mode="bilinear", align_corners=False)[0].argmax(0)
+        semantic = argmax_classes(F.interpolate(raw.logits[None], size=(height, width), mode="bilinear", align_corners=False)[0])
         ids = F.interpolate(inst.ids[None, None].float(), size=(height, width), mode="nearest-exact")[0, 0].long()
         instance_class = torch.cat([inst.classes, inst.classes.new_full((1,), -1)])[ids]  # ids == -1 -> last
         ids = torch.where(instance_class == semantic, ids, torch.full_like(ids, -1))

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .checkpoint import save_weights
+from .checkpoint import load_model, save_weights
 from .config import ExperimentConfig, load_config
 from .datasets import DATASETS
 from .losses import cascade_cross_entropy, cascade_discriminative_loss
@@ -101,9 +101,10 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_per_epoch: int | None = None) -> dict:
-    """Run (or continue) a training; returns the final validation metrics. ``max_steps_per_epoch`` shortens
-    epochs (smoke tests)."""
+def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_per_epoch: int | None = None,
+          init: Path | None = None) -> dict:
+    """Run (or continue) a training; returns the final validation metrics. ``init`` starts from the parameters of
+    a weights file (fine-tuning; its architecture must match). ``max_steps_per_epoch`` shortens epochs (tests)."""
     rank, world, device = setup_distributed()
     main_process = rank == 0
     torch.manual_seed(cfg.train.seed)
@@ -117,7 +118,13 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
                               num_workers=cfg.data.workers, drop_last=True, persistent_workers=cfg.data.workers > 0)
     val_loader = DataLoader(val_set, 1, num_workers=cfg.data.workers)
 
-    model = build_model(cfg.model.architecture, **cfg.model.kwargs()).to(device)
+    model = build_model(cfg.model.architecture, **cfg.model.kwargs())
+    if init is not None:
+        initial, init_cfg, _, _ = load_model(init)
+        if init_cfg != cfg.model:
+            raise ValueError(f"--init {init}: its model config {init_cfg} differs from the experiment's {cfg.model}")
+        model.load_state_dict(initial.state_dict())
+    model = model.to(device)
     core = model
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -193,6 +200,7 @@ def main() -> None:
     parser.add_argument("--config", required=True, type=Path, help="experiment YAML, e.g. config/panonet_camvid.yaml")
     parser.add_argument("--out", type=Path, default=Path("runs/panonet"), help="output folder (checkpoints, logs)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--init", type=Path, help="start from the parameters of this weights file (fine-tuning)")
     parser.add_argument("--data-root", help="override data.root")
     parser.add_argument("--epochs", type=int, help="override train.epochs")
     opts = parser.parse_args()
@@ -203,7 +211,7 @@ def main() -> None:
         cfg.train.epochs = opts.epochs
         cfg.train.coordinate_epoch = min(cfg.train.coordinate_epoch, opts.epochs)
     cfg.validate()
-    final = train(cfg, opts.out, resume=opts.resume)
+    final = train(cfg, opts.out, resume=opts.resume, init=opts.init)
     if not math.isnan(final.get("miou", float("nan"))):
         print(f"final validation mIoU {final['miou']:.4f}")
 

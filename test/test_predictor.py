@@ -69,3 +69,12 @@ def test_from_weights_and_bad_options(tmp_path):
         Predictor.from_weights(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="precision 'int8' is not allowed"):
         Predictor.from_weights(path, precision="int8")
+
+
+def test_argmax_classes_equals_torch_argmax_with_ties():
+    from panoptic_ros.predictor import argmax_classes
+
+    logits = torch.randn(11, 37, 53)
+    logits[3, :5] = logits[7, :5] = 100.0  # ties: the first class wins, as in torch.argmax
+    assert torch.equal(argmax_classes(logits), logits.argmax(0))
+    assert argmax_classes(logits)[0, 0] == 3

@@ -32,6 +32,12 @@ def test_training_lowers_the_loss_resumes_and_exports(toy_camvid, tmp_path):
     model, model_cfg, _, info = load_model(out / "weights.safetensors")
     assert model_cfg.num_classes == 11 and info["epochs"] == 6
 
+    # Fine-tuning starts from those parameters: its first epoch is already at the trained loss level.
+    tuned = tmp_path / "tuned"
+    train(config(toy_camvid, epochs=2), tuned, init=out / "weights.safetensors")
+    first = json.loads((tuned / "log.jsonl").read_text().splitlines()[0])
+    assert first["loss_total"] < 0.8 * log[0]["loss_total"]
+
 
 @pytest.mark.slow
 def test_torchrun_trains_with_two_processes(toy_camvid, tmp_path):
