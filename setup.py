@@ -152,7 +152,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
-    package_data={PACKAGE: ["data/samples/*"], f"{PACKAGE}.ros": ["*.xml"]},
+    package_data={PACKAGE: ["data/samples/*", "weights/*"], f"{PACKAGE}.ros": ["*.xml"]},
     # Pinned versions, ROS wheels included, are in requirements.txt; a ROS workspace gets them from package.xml.
     install_requires=["torch", "numpy"],
     ext_modules=_extensions(),

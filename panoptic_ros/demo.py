@@ -1,12 +1,13 @@
-"""Demo on the embedded sample: Instance Mask Projection of a real CamVid frame's instances.
+"""Demo on the embedded sample (a real CamVid validation frame with its label map), two parts:
 
-Until the models land (issues #3 and #4 make this the real node on a real bag), the instances come from the frame's
-label map: connected components of the thing classes, with boxes and 28 x 28 masks as Mask R-CNN would predict them.
-IMP (paper Sec. 3.1) projects them onto a per-class canvas at stride 4, the canvas the Panoptic-FPN-IMP semantic
-head consumes. "Mask R-CNN-IMP" in the paper reads that canvas directly as a semantic map; the demo does the same
-and reports its IoU against the label for each thing class: what projecting 28 x 28 masks at stride 4 keeps.
+1. Fast mode: PanoNet with the shipped weights through the Predictor: panoptic overlay, segments and latency,
+   scored against the label (mIoU and PQ on this one frame; CamVid instances are connected components).
+2. Instance Mask Projection (IMP paper Sec. 3.1) of the frame's instances: connected components of the thing
+   classes, with boxes and 28 x 28 masks as Mask R-CNN would predict them, projected onto a per-class canvas at
+   stride 4, the canvas the Panoptic-FPN-IMP semantic head consumes. "Mask R-CNN-IMP" reads that canvas directly
+   as a semantic map; the demo reports its IoU per thing class: what projecting 28 x 28 masks at stride 4 keeps.
 
-    python -m panoptic_ros.demo [--image PNG --label PNG] [--out DIR]
+    python -m panoptic_ros.demo [--image PNG --label PNG] [--weights W] [--out DIR]
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import torch
 
 from .classes import CAMVID
 from .instances import detections_from_instances, instances_from_semantic
+from .metrics import PanopticQuality, SemanticIoU, panoptic_from_labels
 from .ops import project_instance_masks
-from .visualize import blend_class_map, draw_boxes
+from .predictor import DEFAULT_WEIGHTS, Predictor
+from .visualize import blend_class_map, draw_boxes, render_panoptic
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "samples"
 DEFAULT_IMAGE = SAMPLES / "camvid_0016E5_08001.png"
@@ -37,11 +40,46 @@ def read_image(path: Path, flags: int) -> np.ndarray:
     return image
 
 
-def run(image_path: Path, label_path: Path, out_dir: Path, stride: int = 4, threshold: float = 0.5) -> dict:
+def run(image_path: Path, label_path: Path, out_dir: Path, weights: Path = DEFAULT_WEIGHTS) -> dict:
     image = cv2.cvtColor(read_image(image_path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     label = read_image(label_path, cv2.IMREAD_UNCHANGED)
     if label.shape != image.shape[:2]:
         raise SystemExit(f"label {label.shape} and image {image.shape[:2]} differ in size")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"image": str(image_path), "panoptic": run_panoptic(image, label, out_dir, weights),
+               "imp": run_imp(image, label, out_dir)}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def run_panoptic(image: np.ndarray, label: np.ndarray, out_dir: Path, weights: Path) -> dict:
+    predictor = Predictor.from_weights(weights)
+    predictor(image)  # warm-up, so the reported latency is a steady-state one
+    result = predictor(image)
+    semantic_gt = np.where(label == CAMVID.ignore_id, 255, label).astype(np.int64)
+    instance_map, _ = instances_from_semantic(label, CAMVID.thing_ids)
+    gt = panoptic_from_labels(semantic_gt, instance_map.astype(np.int64) - 1, CAMVID, ignore_id=255)
+    iou, pq = SemanticIoU(len(CAMVID)), PanopticQuality(CAMVID)
+    iou.update(result.semantic, torch.from_numpy(semantic_gt))
+    pq.update(result.panoptic.numpy(), gt)
+    overlay = render_panoptic(image, result.semantic.numpy(), result.panoptic.numpy(), CAMVID)
+    cv2.imwrite(str(out_dir / "panoptic_overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+    segments = [s.__dict__ for s in result.segments]
+    (out_dir / "panoptic_segments.json").write_text(json.dumps(segments, indent=1) + "\n")
+    quality = pq.compute()
+    return {
+        "weights": str(weights),
+        "device": str(predictor.device),
+        "segments": len(segments),
+        "instances": {CAMVID[c].name: sum(s["class_id"] == c for s in segments) for c in CAMVID.thing_ids},
+        "latency_ms": {k: round(v, 2) for k, v in result.timings.items()},
+        "frame_miou": round(iou.compute()["miou"], 4),
+        "frame_pq": {k: round(quality[k]["pq"], 4) for k in ("all", "things", "stuff")},
+        "outputs": [str(out_dir / "panoptic_overlay.png"), str(out_dir / "panoptic_segments.json")],
+    }
+
+
+def run_imp(image: np.ndarray, label: np.ndarray, out_dir: Path, stride: int = 4, threshold: float = 0.5) -> dict:
     height, width = label.shape
     instance_map, classes = instances_from_semantic(label, CAMVID.thing_ids, min_area=20)
     det = detections_from_instances(instance_map, classes)
@@ -61,30 +99,27 @@ def run(image_path: Path, label_path: Path, out_dir: Path, stride: int = 4, thre
         union = np.logical_or(truth, pred).sum()
         iou[CAMVID[class_id].name] = float(np.logical_and(truth, pred).sum() / union) if union else None
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     overlay = draw_boxes(blend_class_map(image, class_map, CAMVID), det.boxes.numpy(), det.classes.numpy(), CAMVID)
     heat = cv2.resize((peak.numpy() * 255).round().astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
     cv2.imwrite(str(out_dir / "imp_overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(out_dir / "imp_canvas.png"), cv2.applyColorMap(heat, cv2.COLORMAP_INFERNO))
-    summary = {
-        "image": str(image_path),
+    return {
         "instances": {CAMVID[c].name: classes.count(c) for c in CAMVID.thing_ids},
         "canvas_CHW": list(canvas_size),
         "imp_ms": round(imp_ms, 3),
         "thing_iou_vs_label": iou,
         "outputs": [str(out_dir / "imp_overlay.png"), str(out_dir / "imp_canvas.png")],
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="RGB image (default: embedded sample)")
     parser.add_argument("--label", type=Path, default=DEFAULT_LABEL, help="CamVid label map of the image")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="PanoNet weights (default: shipped)")
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder")
     opts = parser.parse_args()
-    summary = run(opts.image, opts.label, opts.out)
+    summary = run(opts.image, opts.label, opts.out, opts.weights)
     print(json.dumps(summary, indent=2))
 
 

@@ -1,4 +1,4 @@
-"""The README's demo on the embedded sample: IMP of the frame's instances, written as images and a summary."""
+"""The README's demo on the embedded sample: PanoNet with the shipped weights, and IMP of the frame's instances."""
 
 import json
 
@@ -9,14 +9,34 @@ from panoptic_ros import demo
 from panoptic_ros.ops import extension_available
 
 
-@pytest.mark.skipif(not extension_available(), reason="IMP extension not built")
-def test_demo_projects_the_sample_instances_where_the_label_has_them(tmp_path):
-    summary = demo.run(demo.DEFAULT_IMAGE, demo.DEFAULT_LABEL, tmp_path)
-    assert summary["instances"] == {"car": 3, "pedestrian": 6, "bicyclist": 3}
-    assert summary["canvas_CHW"] == [11, 90, 120]
+@pytest.fixture(scope="module")
+def summary(tmp_path_factory):
+    if not extension_available():
+        pytest.skip("IMP extension not built")
+    out = tmp_path_factory.mktemp("demo")
+    return demo.run(demo.DEFAULT_IMAGE, demo.DEFAULT_LABEL, out), out
+
+
+def test_shipped_panonet_gives_sensible_panoptic_output(summary):
+    result, out = summary
+    pan = result["panoptic"]
+    # The shipped model on a validation frame it never trained on: most pixels right, the cars found.
+    assert pan["frame_miou"] > 0.4, pan
+    assert pan["instances"]["car"] >= 1 and pan["segments"] >= 6, pan
+    assert pan["frame_pq"]["stuff"] > 0.3, pan
+    assert set(pan["latency_ms"]) == {"preprocess", "model", "clustering", "merge"}
+    assert cv2.imread(str(out / "panoptic_overlay.png")).shape == (360, 480, 3)
+    segments = json.loads((out / "panoptic_segments.json").read_text())
+    assert len(segments) == pan["segments"] and {"id", "class_name", "bbox", "area", "score"} <= set(segments[0])
+
+
+def test_imp_projects_the_sample_instances_where_the_label_has_them(summary):
+    result, out = summary
+    imp = result["imp"]
+    assert imp["instances"] == {"car": 3, "pedestrian": 6, "bicyclist": 3}
+    assert imp["canvas_CHW"] == [11, 90, 120]
     # 28 x 28 masks on a stride-4 canvas lose detail at boundaries, but a wrong box scale or cell geometry
     # would put the projection off the objects and collapse these.
-    assert all(iou > 0.6 for iou in summary["thing_iou_vs_label"].values()), summary["thing_iou_vs_label"]
-    overlay = cv2.imread(str(tmp_path / "imp_overlay.png"))
-    assert overlay.shape == (360, 480, 3)
-    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert all(iou > 0.6 for iou in imp["thing_iou_vs_label"].values()), imp["thing_iou_vs_label"]
+    assert cv2.imread(str(out / "imp_overlay.png")).shape == (360, 480, 3)
+    assert json.loads((out / "summary.json").read_text()) == result
