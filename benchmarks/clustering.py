@@ -23,7 +23,7 @@ from torch.utils import benchmark
 
 from panoptic_ros.postprocess import cluster_embeddings
 
-from .common import environment, write_results
+from .common import environment, report
 
 DIM = 12
 INSTANCES = 8
@@ -96,9 +96,7 @@ def main() -> None:
           for r in rows),
         "",
     ]
-    path = write_results("clustering", cpu, payload, "\n".join(lines))
-    print("\n".join(lines))
-    print(f"wrote {path}")
+    report("clustering", cpu, payload, lines)
 
 
 if __name__ == "__main__":

@@ -57,3 +57,10 @@ def write_results(name: str, device: torch.device, payload: dict, markdown: str)
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown)
     return stem.with_suffix(".json")
+
+
+def report(name: str, device: torch.device, payload: dict, lines: list[str]) -> None:
+    """Write the results (``write_results``) and print the Markdown table."""
+    path = write_results(name, device, payload, "\n".join(lines))
+    print("\n".join(lines))
+    print(f"wrote {path}")

@@ -17,7 +17,7 @@ from torch.utils import benchmark
 
 from panoptic_ros.ops import extension_available, project_instance_masks, project_instance_masks_reference
 
-from .common import environment, write_results
+from .common import environment, report, write_results
 
 CANVAS = (8, 256, 512)
 BOX_SCALE = 0.25
@@ -103,9 +103,7 @@ def main() -> None:
     else:
         payload["cuda_kernel"] = "unmeasured: no CUDA device in this run"
         lines += ["CUDA kernel: unmeasured (no CUDA device in this run).", ""]
-    path = write_results("imp", cpu, payload, "\n".join(lines))
-    print("\n".join(lines))
-    print(f"wrote {path}")
+    report("imp", cpu, payload, lines)
 
 
 if __name__ == "__main__":

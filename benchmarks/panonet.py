@@ -20,7 +20,7 @@ from panoptic_ros.datasets import read_rgb
 from panoptic_ros.demo import DEFAULT_IMAGE
 from panoptic_ros.predictor import DEFAULT_WEIGHTS, Predictor
 
-from .common import environment, write_results
+from .common import environment, report, write_results
 
 
 def measure(predictor: Predictor, rgb: np.ndarray, seconds: float) -> dict:
@@ -80,9 +80,7 @@ def main() -> None:
     else:
         payload["cuda"] = "unmeasured: no CUDA device in this run"
         lines += ["GPU (2048x1024 fp16): unmeasured, no CUDA device in this run.", ""]
-    path = write_results("panonet", cpu, payload, "\n".join(lines))
-    print("\n".join(lines))
-    print(f"wrote {path}")
+    report("panonet", cpu, payload, lines)
 
 
 if __name__ == "__main__":

@@ -149,13 +149,10 @@ std::tuple<at::Tensor, at::Tensor> imp_backward_cpu(const at::Tensor& grad_canva
                                                     const at::Tensor& masks_in, const at::Tensor& scores_in,
                                                     const at::Tensor& classes_in, const at::Tensor& boxes_in,
                                                     double box_scale) {
-  check_backward_args(grad_canvas_in, winner_in, masks_in);
-  const Inputs in = kernel_inputs(masks_in, scores_in, classes_in, boxes_in);
+  const BackwardInputs in = backward_inputs(grad_canvas_in, winner_in, masks_in, scores_in, classes_in, boxes_in);
   const at::Tensor &masks = in.masks, &scores = in.scores, &classes = in.classes, &boxes = in.boxes;
-  const at::Tensor grad_canvas = grad_canvas_in.to(masks.scalar_type()).contiguous();
-  const at::Tensor winner = winner_in.contiguous();
-  at::Tensor grad_masks = at::zeros_like(masks);
-  at::Tensor grad_scores = at::zeros_like(scores);
+  const at::Tensor &grad_canvas = in.grad_canvas, &winner = in.winner;
+  at::Tensor grad_masks = at::zeros_like(masks), grad_scores = at::zeros_like(scores);
   if (masks.numel() > 0 && winner.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, masks.scalar_type(), "imp_backward_cpu", [&] {
       backward_cpu_kernel<scalar_t>(grad_canvas, winner, masks, scores, classes, boxes,

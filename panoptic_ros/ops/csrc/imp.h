@@ -67,5 +67,17 @@ inline void check_backward_args(const at::Tensor& grad_canvas, const at::Tensor&
               "imp: backward inputs must be on the device of masks");
 }
 
+// Backward inputs as the kernels read them: grad_canvas in the dtype of masks, all contiguous.
+struct BackwardInputs : Inputs {
+  at::Tensor grad_canvas, winner;
+};
+
+inline BackwardInputs backward_inputs(const at::Tensor& grad_canvas, const at::Tensor& winner, const at::Tensor& masks,
+                                      const at::Tensor& scores, const at::Tensor& classes, const at::Tensor& boxes) {
+  check_backward_args(grad_canvas, winner, masks);
+  const Inputs in = kernel_inputs(masks, scores, classes, boxes);
+  return {in, grad_canvas.to(masks.scalar_type()).contiguous(), winner.contiguous()};
+}
+
 }  // namespace imp
 }  // namespace panoptic_ros

@@ -168,14 +168,11 @@ std::tuple<at::Tensor, at::Tensor> imp_backward_cuda(const at::Tensor& grad_canv
                                                      const at::Tensor& masks_in, const at::Tensor& scores_in,
                                                      const at::Tensor& classes_in, const at::Tensor& boxes_in,
                                                      double box_scale) {
-  check_backward_args(grad_canvas_in, winner_in, masks_in);
   const c10::cuda::CUDAGuard guard(masks_in.device());
-  const Inputs in = kernel_inputs(masks_in, scores_in, classes_in, boxes_in);
+  const BackwardInputs in = backward_inputs(grad_canvas_in, winner_in, masks_in, scores_in, classes_in, boxes_in);
   const at::Tensor &masks = in.masks, &scores = in.scores, &classes = in.classes, &boxes = in.boxes;
-  const at::Tensor grad_canvas = grad_canvas_in.to(masks.scalar_type()).contiguous();
-  const at::Tensor winner = winner_in.contiguous();
-  at::Tensor grad_masks = at::zeros_like(masks);
-  at::Tensor grad_scores = at::zeros_like(scores);
+  const at::Tensor &grad_canvas = in.grad_canvas, &winner = in.winner;
+  at::Tensor grad_masks = at::zeros_like(masks), grad_scores = at::zeros_like(scores);
   const int64_t n_inst = masks.size(0);
   if (n_inst > 0 && masks.numel() > 0) {
     const auto acc_type = at::toOpMathType(masks.scalar_type());
