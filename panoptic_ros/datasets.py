@@ -33,6 +33,15 @@ def read_label(path: Path) -> np.ndarray:
     return label
 
 
+def camvid_targets(label: np.ndarray, min_instance_area: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Training targets from a CamVid label map: semantic (void -> ``IGNORE_LABEL``) and instances, the connected
+    components of each thing class (0..K-1, ``NO_INSTANCE`` elsewhere)."""
+    label = label.astype(np.int64)
+    instance_map, _ = instances_from_semantic(label, CAMVID.thing_ids, min_instance_area)
+    semantic = np.where(label == CAMVID.ignore_id, IGNORE_LABEL, label).astype(np.uint8)
+    return semantic, instance_map.astype(np.int32) - 1  # 0 (none) becomes NO_INSTANCE
+
+
 class SegmentationDataset(Dataset):
     """Pairs of files plus a per-dataset way to turn the label files into semantic and instance maps."""
 
@@ -89,10 +98,7 @@ class CamVid(SegmentationDataset):
         super().__init__(pairs, augment)
 
     def load_targets(self, files):
-        label = read_label(files[0]).astype(np.int64)
-        instance_map, _ = instances_from_semantic(label, self.table.thing_ids, self.min_instance_area)
-        semantic = np.where(label == self.table.ignore_id, IGNORE_LABEL, label).astype(np.uint8)
-        return semantic, instance_map.astype(np.int32) - 1  # 0 (none) becomes NO_INSTANCE
+        return camvid_targets(read_label(files[0]), self.min_instance_area)
 
 
 class Cityscapes(SegmentationDataset):
@@ -122,9 +128,8 @@ class Cityscapes(SegmentationDataset):
         semantic = self.lut[read_label(files[0])]
         raw = read_label(files[1]).astype(np.int64)
         instances = np.full(raw.shape, NO_INSTANCE, np.int32)
-        ids = np.unique(raw[raw >= 1000])
-        for k, value in enumerate(ids):
-            instances[raw == value] = k
+        labelled = raw >= 1000
+        instances[labelled] = np.unique(raw[labelled], return_inverse=True)[1]
         return semantic, instances
 
 

@@ -22,10 +22,12 @@ import numpy as np
 import torch
 
 from .classes import CAMVID
+from .datasets import camvid_targets
 from .instances import detections_from_instances, instances_from_semantic
 from .metrics import PanopticQuality, SemanticIoU, panoptic_from_labels
 from .ops import project_instance_masks
 from .predictor import DEFAULT_WEIGHTS, Predictor
+from .transforms import IGNORE_LABEL
 from .visualize import blend_class_map, draw_boxes, render_panoptic
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "samples"
@@ -56,11 +58,10 @@ def run_panoptic(image: np.ndarray, label: np.ndarray, out_dir: Path, weights: P
     predictor = Predictor.from_weights(weights)
     predictor(image)  # warm-up, so the reported latency is a steady-state one
     result = predictor(image)
-    semantic_gt = np.where(label == CAMVID.ignore_id, 255, label).astype(np.int64)
-    instance_map, _ = instances_from_semantic(label, CAMVID.thing_ids)
-    gt = panoptic_from_labels(semantic_gt, instance_map.astype(np.int64) - 1, CAMVID, ignore_id=255)
-    iou, pq = SemanticIoU(len(CAMVID)), PanopticQuality(CAMVID)
-    iou.update(result.semantic, torch.from_numpy(semantic_gt))
+    semantic_gt, instances_gt = camvid_targets(label)
+    gt = panoptic_from_labels(semantic_gt, instances_gt, CAMVID, ignore_id=IGNORE_LABEL)
+    iou, pq = SemanticIoU(len(CAMVID), IGNORE_LABEL), PanopticQuality(CAMVID)
+    iou.update(result.semantic, torch.from_numpy(semantic_gt.astype(np.int64)))
     pq.update(result.panoptic.numpy(), gt)
     overlay = render_panoptic(image, result.semantic.numpy(), result.panoptic.numpy(), CAMVID)
     cv2.imwrite(str(out_dir / "panoptic_overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))

@@ -60,6 +60,13 @@ def argmax_classes(logits: Tensor) -> Tensor:
     return index
 
 
+def instance_scores(ids: Tensor, confidence: Tensor, count: int) -> list[float]:
+    """Mean class confidence of each instance's pixels (ids [h, w], -1 = none), in one pass over the map."""
+    has = ids >= 0
+    sums = confidence.new_zeros(count).index_add_(0, ids[has], confidence[has])
+    return (sums / torch.bincount(ids[has], minlength=count).clamp(min=1)).tolist()
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -143,7 +150,7 @@ class Predictor:
         confidence, coarse_semantic = probs.max(0)
         bandwidths = self.bandwidths if bandwidths is None else bandwidths
         inst = cluster_instances(raw.embedding, coarse_semantic, bandwidths, self.postprocess.min_instance_pixels)
-        scores = [float(confidence[inst.ids == k].mean()) for k in range(len(inst.classes))]
+        scores = instance_scores(inst.ids, confidence, len(inst.classes))
         clock = self._lap(timings, "clustering", clock)
 
         semantic = argmax_classes(F.interpolate(raw.logits[None], size=(height, width), mode="bilinear", align_corners=False)[0])

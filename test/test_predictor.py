@@ -78,3 +78,11 @@ def test_argmax_classes_equals_torch_argmax_with_ties():
     logits[3, :5] = logits[7, :5] = 100.0  # ties: the first class wins, as in torch.argmax
     assert torch.equal(argmax_classes(logits), logits.argmax(0))
     assert argmax_classes(logits)[0, 0] == 3
+
+
+def test_instance_scores_are_the_mean_confidence_of_each_instance():
+    from panoptic_ros.predictor import instance_scores
+
+    ids = torch.tensor([[0, 0, -1], [1, 2, 2]])
+    confidence = torch.tensor([[0.2, 0.4, 0.9], [0.5, 0.6, 1.0]])
+    assert instance_scores(ids, confidence, 4) == pytest.approx([0.3, 0.5, 0.8, 0.0])
