@@ -1,0 +1,113 @@
+"""Image message buffers <-> numpy for every supported encoding, with row padding and bad input."""
+
+import cv2
+import numpy as np
+import pytest
+
+from panoptic_ros.images import (
+    RGB_ENCODINGS,
+    ImageError,
+    array_to_image,
+    compressed_to_rgb,
+    image_to_array,
+    image_to_rgb,
+    rgb_to_compressed,
+    rgb_to_image,
+)
+
+LOSSLESS = ("rgb8", "bgr8", "8UC3", "rgba8", "bgra8", "8UC4", "rgb16", "bgr16")
+
+
+@pytest.fixture
+def rgb():
+    """Smooth colour ramps: chroma subsampling (yuv422) and Bayer interpolation change them only slightly."""
+    y, x = np.mgrid[0:48, 0:64]
+    return np.stack([x * 4, y * 5, 255 - x * 2], -1).astype(np.uint8)
+
+
+def pad(height, step, data, extra):
+    rows = np.frombuffer(data, np.uint8).reshape(height, step)
+    return step + extra, np.pad(rows, ((0, 0), (0, extra)), constant_values=77).tobytes()
+
+
+@pytest.mark.parametrize("encoding", RGB_ENCODINGS)
+@pytest.mark.parametrize("padding", [0, 13])
+def test_every_encoding_round_trips_with_row_padding(rgb, encoding, padding):
+    height, width, step, data = rgb_to_image(rgb, encoding)
+    step, data = pad(height, step, data, padding)
+    out = image_to_rgb(encoding, height, width, step, data)
+    assert out.shape == rgb.shape and out.dtype == np.uint8 and out.flags.c_contiguous
+    if encoding in LOSSLESS:
+        np.testing.assert_array_equal(out, rgb)
+    elif encoding in ("mono8", "8UC1", "mono16", "16UC1"):
+        np.testing.assert_array_equal(out[..., 0], cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+    else:  # yuv422 / bayer: colours survive, within interpolation error
+        assert np.abs(out.astype(int) - rgb).mean() < 6, encoding
+
+
+def test_bayer_pattern_names_follow_ros(rgb):
+    red = np.zeros_like(rgb)
+    red[..., 0] = 200
+    for encoding in ("bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8"):
+        out = image_to_rgb(encoding, *rgb_to_image(red, encoding))
+        assert out[8:-8, 8:-8, 0].min() > 150 and out[8:-8, 8:-8, 2].max() < 50, encoding
+
+
+def test_big_endian_16_bit():
+    values = np.array([[0x1234, 0xABCD]], np.uint16)
+    data = values.astype(">u2").tobytes()
+    np.testing.assert_array_equal(image_to_array("mono16", 1, 2, 4, data, is_bigendian=True), values)
+    np.testing.assert_array_equal(image_to_rgb("mono16", 1, 2, 4, data, is_bigendian=True)[..., 0], [[0x12, 0xAB]])
+
+
+def test_label_images_keep_their_values():
+    ids = np.array([[-1, 8001], [3, 2147483647]], np.int32)
+    np.testing.assert_array_equal(image_to_array("32SC1", *array_to_image(ids, "32SC1")), ids)
+    with pytest.raises(ImageError, match="32SC1 needs int32"):
+        array_to_image(ids.astype(np.int64), "32SC1")
+
+
+@pytest.mark.parametrize("kind, args, message", [
+    ("encoding", ("nv12", 4, 4, 4, bytes(24)), "unsupported encoding 'nv12'"),
+    ("size", ("rgb8", 0, 4, 12, b""), "width and height must be positive"),
+    ("step", ("rgb8", 4, 4, 11, bytes(48)), "step 11 is smaller than width 4 x 3"),
+    ("data", ("rgb8", 4, 4, 12, bytes(47)), "fewer than height 4 x step 12 = 48"),
+    ("size", ("yuv422", 2, 3, 6, bytes(12)), "width 3 must be even"),
+    ("too_large", ("mono8", 8192, 8192, 8192, b""), "above the limit"),
+    ("encoding", ("32SC1", 1, 1, 4, bytes(4)), "not a camera image"),
+])
+def test_bad_images_raise_with_a_kind(kind, args, message):
+    with pytest.raises(ImageError, match=message) as error:
+        image_to_rgb(*args, max_pixels=4096 * 4096)
+    assert error.value.kind == kind
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "rgb8; jpeg compressed bgr8"])
+def test_compressed_round_trip(rgb, fmt):
+    data = rgb_to_compressed(rgb, "png" if "png" in fmt else "jpeg")
+    out = compressed_to_rgb(fmt, data)
+    assert out.shape == rgb.shape
+    assert np.abs(out.astype(int) - rgb).mean() < (0.01 if fmt == "png" else 3)
+
+
+def test_sixteen_bit_png_is_scaled():
+    gray = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    out = compressed_to_rgb("png", cv2.imencode(".png", gray)[1])
+    np.testing.assert_array_equal(out[..., 1], (gray >> 8).astype(np.uint8))
+
+
+def test_bad_compressed_images(rgb):
+    jpeg = rgb_to_compressed(rgb)
+    with pytest.raises(ImageError, match="cannot") as error:
+        compressed_to_rgb("jpeg", jpeg[:40])
+    assert error.value.kind == "decode"
+    with pytest.raises(ImageError) as error:
+        compressed_to_rgb("jpeg", b"\x00" * 100)
+    assert error.value.kind == "decode"
+    with pytest.raises(ImageError, match="above the limit") as error:
+        compressed_to_rgb("png", rgb_to_compressed(np.zeros((300, 300, 3), np.uint8), "png"), max_pixels=1000)
+    assert error.value.kind == "too_large"
+    with pytest.raises(ImageError, match="unsupported compressed format 'tiff'"):
+        compressed_to_rgb("tiff", jpeg)
+    with pytest.raises(ImageError, match="compressedDepth"):
+        compressed_to_rgb("16UC1; compressedDepth png", jpeg)
