@@ -140,7 +140,12 @@ def _coerce(cls, data: dict, where: str):
         elif typing.get_origin(hint) is dict:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{key} = {value!r} is not allowed: expected a mapping")
-            values[key] = {int(k): float(v) for k, v in value.items()}
+            key_type, value_type = typing.get_args(hint)
+            try:
+                values[key] = {key_type(k): value_type(v) for k, v in value.items()}
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}.{key} = {value!r} is not allowed: expected a mapping of "
+                                  f"{key_type.__name__} to {value_type.__name__}") from None
         elif hint is float and isinstance(value, int) and not isinstance(value, bool):
             values[key] = float(value)
         else:

@@ -1,0 +1,205 @@
+"""The node's parameters as typed dataclasses (STYLE 6), without ROS.
+
+ROS parameter names are the dotted paths of these fields (``output.overlay``, ``filter.score_threshold``); the
+YAML files in ``config/`` nest them under ``panoptic_node: ros__parameters:``. Per-class bandwidths are
+``bandwidths.<class name>`` (thing classes of the loaded model's table); unset ones come from the weights.
+The node validates every set through :func:`node_config_from_parameters`, and lets only the names for which
+:func:`is_runtime_parameter` holds change while it is configured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from .classes import ClassTable
+from .config import ConfigError, PostprocessConfig, _coerce, _require
+from .predictor import PRECISIONS
+
+MODES = ("fast", "accuracy")
+RELIABILITIES = ("best_effort", "reliable")
+TRANSPORTS = ("raw", "compressed")
+INSTANCE_ENCODINGS = ("mono16", "32SC1")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_CAMERA = re.compile(r"^([A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*)?$")
+
+
+@dataclass
+class InputConfig:
+    cameras: tuple[str, ...] = ("",)  # namespaces: "<camera>/image"; "" = the node's own "image"
+    transport: str = "raw"  # raw: <camera>/image (sensor_msgs/Image); compressed: <camera>/image/compressed
+    reliability: str = "best_effort"  # with keep-last 1: the sensor-data profile
+    max_pixels: int = 4096 * 4096  # larger frames are dropped and counted
+
+    def validate(self, where: str) -> None:
+        _require(len(self.cameras) >= 1 and len(set(self.cameras)) == len(self.cameras)
+                 and all(isinstance(c, str) and _CAMERA.match(c) for c in self.cameras), where, "cameras",
+                 self.cameras, "distinct relative namespaces such as front or sensors/left ('' = none)")
+        _require(self.transport in TRANSPORTS, where, "transport", self.transport, f"one of {TRANSPORTS}")
+        _require(self.reliability in RELIABILITIES, where, "reliability", self.reliability, f"one of {RELIABILITIES}")
+        _require(self.max_pixels >= 64, where, "max_pixels", self.max_pixels, "an integer >= 64")
+
+
+@dataclass
+class OutputConfig:
+    semantic: bool = True  # ~/semantic, mono8 class ids
+    instance: bool = True  # ~/instance, instance_encoding
+    panoptic: bool = True  # ~/panoptic, panoptic_ros/PanopticSegmentation
+    panoptic_image: bool = True  # ~/panoptic_image, 32SC1 segment ids
+    overlay: bool = True  # ~/overlay, rgb8, rendered only while subscribed
+    camera_info: bool = True  # ~/camera_info, the input's, with the image's header
+    instance_encoding: str = "mono16"  # mono16: 0 = none, k + 1 = instance k; 32SC1: -1 = none
+    reliability: str = "reliable"
+    overlay_alpha: float = 0.5
+
+    def validate(self, where: str) -> None:
+        _require(self.instance_encoding in INSTANCE_ENCODINGS, where, "instance_encoding", self.instance_encoding,
+                 f"one of {INSTANCE_ENCODINGS}")
+        _require(self.reliability in RELIABILITIES, where, "reliability", self.reliability, f"one of {RELIABILITIES}")
+        _require(0.0 <= self.overlay_alpha <= 1.0, where, "overlay_alpha", self.overlay_alpha, "a number in [0, 1]")
+
+
+@dataclass
+class FilterConfig:
+    score_threshold: float = 0.0  # thing segments scoring below become void
+    min_area: int = 0  # thing segments with fewer pixels become void
+    min_instance_pixels: int = -1  # clustering: smallest cluster kept, at 1/4 resolution; -1 = from the weights
+    stuff_min_area: int = -1  # smaller stuff regions become void; -1 = from the weights
+
+    def validate(self, where: str) -> None:
+        _require(0.0 <= self.score_threshold <= 1.0, where, "score_threshold", self.score_threshold, "a number in [0, 1]")
+        _require(self.min_area >= 0, where, "min_area", self.min_area, "an integer >= 0")
+        _require(self.min_instance_pixels == -1 or self.min_instance_pixels >= 1, where, "min_instance_pixels",
+                 self.min_instance_pixels, "-1 (from the weights) or an integer >= 1")
+        _require(self.stuff_min_area >= -1, where, "stuff_min_area", self.stuff_min_area,
+                 "-1 (from the weights) or an integer >= 0")
+
+
+@dataclass
+class DiagnosticsConfig:
+    period: float = 1.0  # seconds between DiagnosticArray messages on /diagnostics
+    window: int = 100  # frames in the latency percentiles and rates
+    min_rate_hz: float = 0.0  # warn when the output rate falls below; 0 = off
+    max_latency_ms: float = 0.0  # warn when p90 end-to-end latency exceeds; 0 = off
+
+    def validate(self, where: str) -> None:
+        _require(0.05 <= self.period <= 60, where, "period", self.period, "seconds in [0.05, 60]")
+        _require(self.window >= 2, where, "window", self.window, "an integer >= 2")
+        _require(self.min_rate_hz >= 0, where, "min_rate_hz", self.min_rate_hz, "a number >= 0")
+        _require(self.max_latency_ms >= 0, where, "max_latency_ms", self.max_latency_ms, "a number >= 0")
+
+
+@dataclass
+class NodeConfig:
+    mode: str = "fast"  # fast: PanoNet; accuracy: Panoptic-FPN-IMP
+    weights: str = ""  # "" = the shipped checkpoint of the mode
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    precision: str = "fp32"  # fp32, fp16, bf16 (network only)
+    input_scale: float = 1.0  # the network sees the frame resized by this factor
+    max_network_width: int = 0  # if > 0, frames wider than this (after input_scale) are scaled down to it
+    autostart: bool = True  # configure and activate at start-up; false: wait for lifecycle transitions
+    input: InputConfig = field(default_factory=InputConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    bandwidths: dict[str, float] = field(default_factory=dict)  # thing class name -> mean-shift bandwidth
+
+    def validate(self, where: str = "panoptic_node") -> "NodeConfig":
+        _require(self.mode in MODES, where, "mode", self.mode, f"one of {MODES}")
+        _require(bool(_DEVICE.match(self.device)), where, "device", self.device, "auto, cpu, cuda or cuda:N")
+        _require(self.precision in PRECISIONS, where, "precision", self.precision, f"one of {tuple(PRECISIONS)}")
+        _require(0.05 <= self.input_scale <= 4.0, where, "input_scale", self.input_scale, "a number in [0.05, 4]")
+        _require(self.max_network_width == 0 or self.max_network_width >= 32, where, "max_network_width",
+                 self.max_network_width, "0 (off) or an integer >= 32")
+        for name in ("input", "output", "filter", "diagnostics"):
+            getattr(self, name).validate(f"{where}.{name}")
+        for name, value in self.bandwidths.items():
+            _require(value > 0, where, f"bandwidths.{name}", value, "a number > 0")
+        return self
+
+    def network_scale(self, width: int) -> float:
+        """Resize factor for a frame ``width`` pixels wide: ``input_scale``, capped by ``max_network_width``."""
+        if self.max_network_width and width * self.input_scale > self.max_network_width:
+            return self.max_network_width / width
+        return self.input_scale
+
+    def postprocess(self, weights: PostprocessConfig, table: ClassTable) -> PostprocessConfig:
+        """The weights' post-processing with this node's overrides; unknown or stuff bandwidth names are an error."""
+        things = {table[c].name: c for c in table.thing_ids}
+        unknown = sorted(set(self.bandwidths) - set(things))
+        if unknown:
+            raise ConfigError(f"bandwidths.{unknown[0]} is not a thing class of the {table.name!r} table: "
+                              f"expected one of {sorted(things)}")
+        return dataclasses.replace(
+            weights,
+            bandwidths={**weights.bandwidths, **{things[name]: value for name, value in self.bandwidths.items()}},
+            min_instance_pixels=weights.min_instance_pixels if self.filter.min_instance_pixels < 0
+            else self.filter.min_instance_pixels,
+            stuff_min_area=weights.stuff_min_area if self.filter.stuff_min_area < 0 else self.filter.stuff_min_area)
+
+
+# Changes that take effect on the next frame; everything else needs deactivate, cleanup, configure.
+_RUNTIME_PREFIXES = ("filter.", "bandwidths.", "input_scale", "max_network_width", "diagnostics.min_rate_hz",
+                     "diagnostics.max_latency_ms")
+_RUNTIME_OUTPUTS = {f"output.{f.name}" for f in dataclasses.fields(OutputConfig)} - {"output.reliability"}
+
+
+def is_runtime_parameter(name: str) -> bool:
+    return name in _RUNTIME_OUTPUTS or name.startswith(_RUNTIME_PREFIXES)
+
+
+def flatten(config: NodeConfig) -> dict[str, object]:
+    """Dotted parameter names and values of every field (bandwidths as ``bandwidths.<name>``)."""
+    out: dict[str, object] = {}
+
+    def walk(obj, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            elif isinstance(value, dict):
+                out.update({f"{prefix}{f.name}.{k}": v for k, v in value.items()})
+            else:
+                out[f"{prefix}{f.name}"] = list(value) if isinstance(value, tuple) else value
+
+    walk(config, "")
+    return out
+
+
+def node_config_from_parameters(values: dict[str, object], where: str = "panoptic_node") -> NodeConfig:
+    """A validated :class:`NodeConfig` from dotted parameter names (as ROS gives them); a bad name or value raises
+    ``ConfigError`` naming it and what is allowed."""
+    nested: dict = {}
+    for name, value in values.items():
+        *parents, leaf = name.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: parameter {name!r} nests under a value")
+        node[leaf] = value
+    return _coerce(NodeConfig, nested, where).validate(where)
+
+
+def parameters_from_yaml(data: dict, node_name: str = "panoptic_node") -> dict[str, object]:
+    """Dotted parameter names from a ROS 2 params file's content (``<node>: ros__parameters: ...``; ``/**`` too),
+    flattened as rcl does."""
+    for key in (node_name, f"/{node_name}", "/**"):
+        if isinstance(data.get(key), dict) and "ros__parameters" in data[key]:
+            params = data[key]["ros__parameters"]
+            break
+    else:
+        raise ConfigError(f"no '{node_name}: ros__parameters:' section; found {sorted(data)}")
+    out: dict[str, object] = {}
+
+    def walk(mapping: dict, prefix: str) -> None:
+        for key, value in mapping.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk(params, "")
+    return out
+

@@ -1,0 +1,148 @@
+"""Serving machinery of the node, without ROS: the one-slot drop-oldest frame buffers, rolling statistics, the
+per-kind throttle for error logs, and the health summary that becomes ``/diagnostics``.
+
+camera_calibration's pattern: callbacks only put the newest frame in a slot (replacing an unprocessed one, which
+is counted as dropped); one worker takes the waiting frames oldest-first, so a slow model never works on stale
+frames and several cameras are served in turn.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from .evaluation import percentiles
+
+
+class FrameSlots:
+    """One slot per key (camera); ``put`` replaces what the slot holds, ``take`` returns the earliest-filled slot."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._items: dict[str, object] = {}  # insertion order = arrival order of the frames waiting
+        self._closed = False
+        self.dropped: Counter[str] = Counter()
+
+    def put(self, key: str, item: object) -> bool:
+        """Store ``item`` for ``key``; True if it replaced a frame that was never processed (a drop)."""
+        with self._cond:
+            replaced = self._items.pop(key, None) is not None
+            if replaced:
+                self.dropped[key] += 1
+            self._items[key] = item
+            self._cond.notify()
+        return replaced
+
+    def take(self, timeout: float | None = None) -> tuple[str, object] | None:
+        """Wait up to ``timeout`` s for a frame; None on timeout or after :meth:`close`."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._items or self._closed, timeout) or self._closed:
+                return None
+            key = next(iter(self._items))
+            return key, self._items.pop(key)
+
+    def close(self) -> None:
+        """Wake and stop every ``take``; frames still waiting are discarded."""
+        with self._cond:
+            self._closed = True
+            self._items.clear()
+            self._cond.notify_all()
+
+
+class RateMeter:
+    """Events per second over the last ``horizon`` seconds."""
+
+    def __init__(self, horizon: float = 5.0):
+        self.horizon = horizon
+        self._times: deque[float] = deque()
+        self._start = time.monotonic()
+
+    def tick(self, now: float) -> None:
+        self._times.append(now)
+
+    def rate(self, now: float) -> float:
+        while self._times and self._times[0] < now - self.horizon:
+            self._times.popleft()
+        span = min(self.horizon, now - self._start)
+        return len(self._times) / span if span > 0 else 0.0
+
+
+class ErrorThrottle:
+    """Counts rejected frames by kind; :meth:`record` says whether to log now: the first of a kind, then at most
+    once per ``period`` seconds (with how many were not logged)."""
+
+    def __init__(self, period: float = 10.0):
+        self.period = period
+        self.counts: Counter[str] = Counter()
+        self._logged: dict[str, tuple[float, int]] = {}  # kind -> (time, count) at the last log
+
+    def record(self, kind: str, now: float) -> str | None:
+        """Count one ``kind``; a suffix for the log line (``""`` or ``" (N more since ...)"``) or None to stay quiet."""
+        self.counts[kind] += 1
+        last = self._logged.get(kind)
+        if last is not None and now - last[0] < self.period:
+            return None
+        self._logged[kind] = (now, self.counts[kind])
+        skipped = self.counts[kind] - 1 - (last[1] if last else 0)
+        return f" ({skipped} more since the last report)" if skipped else ""
+
+
+@dataclass
+class CameraStats:
+    """Rolling statistics of one camera stream; latencies in ms by stage over the last ``window`` frames."""
+
+    window: int = 100
+    received: int = 0
+    processed: int = 0
+    input_rate: RateMeter = field(default_factory=RateMeter)
+    output_rate: RateMeter = field(default_factory=RateMeter)
+    latency: dict[str, deque] = field(default_factory=dict)
+
+    def record_input(self, now: float) -> None:
+        self.received += 1
+        self.input_rate.tick(now)
+
+    def record_output(self, now: float, timings_ms: dict[str, float]) -> None:
+        self.processed += 1
+        self.output_rate.tick(now)
+        for stage, ms in timings_ms.items():
+            self.latency.setdefault(stage, deque(maxlen=self.window)).append(ms)
+
+
+@dataclass
+class Status:
+    """One health entry: level 0 OK, 1 WARN, 2 ERROR (diagnostic_msgs/DiagnosticStatus), message, key values."""
+
+    level: int
+    name: str
+    message: str
+    values: dict[str, str]
+
+
+OK, WARN, ERROR = 0, 1, 2
+
+
+def camera_status(name: str, stats: CameraStats, dropped: int, errors: Counter, now: float, *,
+                  min_rate_hz: float = 0.0, max_latency_ms: float = 0.0, extra: dict[str, str] | None = None) -> Status:
+    """Health of one camera: WARN when frames arrive but the output rate is under ``min_rate_hz`` or the p90 of
+    the total latency is over ``max_latency_ms`` (0 = no bound)."""
+    in_rate, out_rate = stats.input_rate.rate(now), stats.output_rate.rate(now)
+    latency = {stage: percentiles(v) for stage, v in stats.latency.items()}
+    values = {"input_rate_hz": f"{in_rate:.2f}", "output_rate_hz": f"{out_rate:.2f}", "received": str(stats.received),
+              "processed": str(stats.processed), "dropped": str(dropped), "rejected": str(sum(errors.values())),
+              **{f"rejected.{kind}": str(n) for kind, n in sorted(errors.items())},
+              **{f"latency_ms.{stage}.{p}": f"{v:.1f}" for stage, ps in latency.items() for p, v in ps.items()
+                 if p in ("p50", "p90", "p99")},
+              **(extra or {})}
+    problems = []
+    if min_rate_hz and in_rate > 0 and out_rate < min_rate_hz:
+        problems.append(f"output rate {out_rate:.1f} Hz below {min_rate_hz:g} Hz")
+    total_p90 = latency.get("total", {}).get("p90")
+    if max_latency_ms and total_p90 is not None and total_p90 > max_latency_ms:
+        problems.append(f"p90 latency {total_p90:.0f} ms above {max_latency_ms:g} ms")
+    if problems:
+        return Status(WARN, name, "; ".join(problems), values)
+    message = "waiting for images" if not stats.received else f"{out_rate:.1f} Hz, {dropped} dropped"
+    return Status(OK, name, message, values)

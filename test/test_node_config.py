@@ -1,0 +1,78 @@
+"""The node's parameters as dataclasses: defaults, the shipped params files, validation messages, overrides."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from panoptic_ros.classes import CAMVID
+from panoptic_ros.config import ConfigError, PostprocessConfig
+from panoptic_ros.node_config import (
+    NodeConfig,
+    flatten,
+    is_runtime_parameter,
+    node_config_from_parameters,
+    parameters_from_yaml,
+)
+
+CONFIG = Path(__file__).resolve().parents[1] / "config"
+
+
+def test_defaults_round_trip_through_parameter_names():
+    assert node_config_from_parameters(flatten(NodeConfig())) == NodeConfig()
+    assert {"output.overlay", "input.cameras", "filter.score_threshold", "diagnostics.period"} <= set(flatten(NodeConfig()))
+
+
+@pytest.mark.parametrize("name", ["fast.yaml", "accuracy.yaml"])
+def test_shipped_params_files_name_only_node_parameters(name):
+    params = parameters_from_yaml(yaml.safe_load((CONFIG / name).read_text()))
+    known = set(flatten(NodeConfig())) | {f"bandwidths.{CAMVID[c].name}" for c in CAMVID.thing_ids}
+    assert set(params) <= known, set(params) - known
+    config = node_config_from_parameters(params)
+    assert config.mode == name.split(".")[0]
+
+
+def test_fast_yaml_states_every_parameter():
+    params = parameters_from_yaml(yaml.safe_load((CONFIG / "fast.yaml").read_text()))
+    assert set(flatten(NodeConfig())) <= set(params)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("device", "gpu", "device = 'gpu' is not allowed: expected auto, cpu, cuda or cuda:N"),
+    ("input.transport", "h264", "input.transport = 'h264' is not allowed"),
+    ("input.cameras", ["front", "front"], "input.cameras"),
+    ("input.cameras", ["/abs"], "input.cameras"),
+    ("output.overlay_alpha", 2.0, r"overlay_alpha = 2.0 is not allowed: expected a number in \[0, 1\]"),
+    ("filter.score_threshold", -0.1, "score_threshold"),
+    ("precision", "int8", "precision = 'int8'"),
+    ("bandwidths.car", -1.0, "bandwidths.car = -1.0"),
+    ("outputs.semantic", True, "unknown key"),
+    ("input_scale", "big", "input_scale = 'big'"),
+])
+def test_bad_values_are_rejected_naming_key_and_allowed_values(name, value, message):
+    with pytest.raises(ConfigError, match=message):
+        node_config_from_parameters({**flatten(NodeConfig()), name: value})
+
+
+def test_integer_values_for_float_parameters_are_accepted():
+    assert node_config_from_parameters({"filter.score_threshold": 1, "bandwidths.car": 2}).bandwidths == {"car": 2.0}
+
+
+def test_network_scale_caps_the_width():
+    config = NodeConfig(input_scale=0.5, max_network_width=512)
+    assert config.network_scale(800) == 0.5
+    assert config.network_scale(2048) == 0.25
+
+
+def test_postprocess_overrides_by_class_name():
+    weights = PostprocessConfig(bandwidths={8: 1.0, 9: 0.7}, min_instance_pixels=20, stuff_min_area=64)
+    config = node_config_from_parameters({"bandwidths.pedestrian": 0.3, "filter.stuff_min_area": 0})
+    post = config.postprocess(weights, CAMVID)
+    assert post.bandwidths == {8: 1.0, 9: 0.3} and post.stuff_min_area == 0 and post.min_instance_pixels == 20
+    with pytest.raises(ConfigError, match="bandwidths.road is not a thing class"):
+        node_config_from_parameters({"bandwidths.road": 1.0}).postprocess(weights, CAMVID)
+
+
+def test_runtime_parameters():
+    assert all(map(is_runtime_parameter, ["filter.score_threshold", "bandwidths.car", "output.overlay", "input_scale"]))
+    assert not any(map(is_runtime_parameter, ["device", "weights", "input.cameras", "output.reliability", "mode"]))
