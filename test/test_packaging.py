@@ -61,3 +61,10 @@ def test_colcon_build_installs_importable_messages_and_op(tmp_path):
     assert files["libs"] and all(Path(lib).is_relative_to(install) for lib in files["libs"]), files
     if HAS_OP:
         assert Path(files["op"]).is_relative_to(install), files
+    # `ros2 run panoptic_ros panoptic_node` / `bag_player` and `ros2 launch panoptic_ros ...` find these.
+    prefix = install / "panoptic_ros"
+    for tool, module in (("panoptic_node", "panoptic_ros.ros.panoptic_node"), ("bag_player", "panoptic_ros.ros.bag_player")):
+        script = prefix / "lib" / "panoptic_ros" / tool
+        assert os.access(script, os.X_OK) and f"run_module('{module}'" in script.read_text(), script
+    for name in ("launch/panoptic.launch.py", "launch/rviz.launch.py", "config/fast.yaml", "config/panoptic.rviz"):
+        assert (prefix / "share" / "panoptic_ros" / name).is_file(), name

@@ -1,0 +1,78 @@
+"""Start the panoptic segmentation node, and RViz with rviz:=true.
+
+    ros2 launch panoptic_ros panoptic.launch.py image:=/camera/image_raw device:=cuda rviz:=true
+    ros2 launch panoptic_ros panoptic.launch.py cameras:=front,rear params_file:=/path/to/my.yaml
+
+Launch arguments left empty keep the value of the parameters file (config/<mode>.yaml by default). The helpers
+above generate_launch_description need no ROS install, so the tests check them directly.
+"""
+
+import os
+
+ARGUMENTS = {  # name: (default, description)
+    "mode": ("fast", "fast (PanoNet) or accuracy (Panoptic-FPN-IMP); selects config/<mode>.yaml"),
+    "params_file": ("", "parameters YAML; empty: the package's config/<mode>.yaml"),
+    "weights": ("", "weights file; empty: the params file's (the shipped checkpoint)"),
+    "device": ("", "auto, cpu, cuda or cuda:N; empty: the params file's"),
+    "cameras": ("", "comma-separated camera namespaces, each read on <camera>/image; empty: one camera on 'image'"),
+    "image": ("/camera/image_raw", "input topic of the single camera (remaps 'image'; camera_info is its sibling)"),
+    "namespace": ("", "namespace of the node"),
+    "rviz": ("false", "true: start RViz showing the input and the overlay"),
+}
+
+
+def node_parameters(values: dict) -> dict:
+    """Parameter overrides for the launch arguments that were set; they apply on top of the params file."""
+    overrides = {"mode": values["mode"]}
+    for argument, parameter in (("weights", "weights"), ("device", "device")):
+        if values[argument]:
+            overrides[parameter] = values[argument]
+    if values["cameras"]:
+        overrides["input.cameras"] = [c.strip() for c in values["cameras"].split(",") if c.strip()]
+    return overrides
+
+
+def remappings(values: dict) -> list:
+    """The single camera's input topics; with ``cameras`` the inputs are <camera>/image in the node namespace."""
+    if values["cameras"]:
+        return []
+    image = values["image"]
+    return [("image", image), ("image/compressed", f"{image}/compressed"),
+            ("camera_info", f"{os.path.dirname(image).rstrip('/')}/camera_info")]
+
+
+def rviz_topics(values: dict) -> dict:
+    """The first camera's input image and overlay topics, for RViz."""
+    namespace = values["namespace"].strip("/")
+    camera = node_parameters(values).get("input.cameras", [""])[0]
+    image = values["image"] if not values["cameras"] else "/" + "/".join(p for p in (namespace, camera, "image") if p)
+    return {"image": image,
+            "overlay": "/" + "/".join(p for p in (namespace, "panoptic_node", camera, "overlay") if p)}
+
+
+def _setup(context):
+    from ament_index_python.packages import get_package_share_directory
+    from launch.actions import IncludeLaunchDescription
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    values = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
+    share = get_package_share_directory("panoptic_ros")
+    params_file = values["params_file"] or os.path.join(share, "config", f"{values['mode']}.yaml")
+    actions = [Node(package="panoptic_ros", executable="panoptic_node", name="panoptic_node",
+                    namespace=values["namespace"], parameters=[params_file, node_parameters(values)],
+                    remappings=remappings(values), output="screen", emulate_tty=True)]
+    if values["rviz"].lower() in ("true", "1", "yes"):
+        actions.append(IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(os.path.join(share, "launch", "rviz.launch.py")),
+            launch_arguments=rviz_topics(values).items()))
+    return actions
+
+
+def generate_launch_description():
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+
+    return LaunchDescription([DeclareLaunchArgument(name, default_value=default, description=description)
+                              for name, (default, description) in ARGUMENTS.items()] + [OpaqueFunction(function=_setup)])

@@ -1,0 +1,53 @@
+"""RViz showing a camera image and the panoptic overlay, with the shared-memory Fast DDS profile (so 2 MP
+images arrive whole).
+
+    ros2 launch panoptic_ros rviz.launch.py image:=/camera/image_raw overlay:=/panoptic_node/overlay
+
+The topics of config/panoptic.rviz are replaced by the launch arguments in a temporary copy.
+"""
+
+import os
+import tempfile
+
+import yaml
+
+ARGUMENTS = {
+    "image": ("/camera/image_raw", "camera image topic"),
+    "overlay": ("/panoptic_node/overlay", "the node's overlay topic"),
+}
+DISPLAYS = {"Camera": "image", "Panoptic overlay": "overlay"}  # RViz display name -> argument giving its topic
+
+
+def rviz_config(text: str, topics: dict) -> str:
+    """The RViz config ``text`` with the Topic of each display in DISPLAYS set from ``topics`` (argument -> topic)."""
+    config = yaml.safe_load(text)
+    for display in config["Visualization Manager"]["Displays"]:
+        if display.get("Name") in DISPLAYS:
+            display["Topic"]["Value"] = topics[DISPLAYS[display["Name"]]]
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def _setup(context):
+    from ament_index_python.packages import get_package_share_directory
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    from panoptic_ros.ros.env import FASTDDS_PROFILE
+
+    share = get_package_share_directory("panoptic_ros")
+    with open(os.path.join(share, "config", "panoptic.rviz")) as f:
+        text = rviz_config(f.read(), {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS})
+    path = os.path.join(tempfile.mkdtemp(prefix="panoptic_rviz_"), "panoptic.rviz")
+    with open(path, "w") as f:
+        f.write(text)
+    environment = {"FASTDDS_DEFAULT_PROFILES_FILE": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", str(FASTDDS_PROFILE))}
+    return [Node(package="rviz2", executable="rviz2", name="rviz2", arguments=["-d", path],
+                 additional_env=environment, output="screen")]
+
+
+def generate_launch_description():
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+
+    return LaunchDescription([DeclareLaunchArgument(name, default_value=default, description=description)
+                              for name, (default, description) in ARGUMENTS.items()] + [OpaqueFunction(function=_setup)])
