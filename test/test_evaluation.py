@@ -1,12 +1,15 @@
 """Dataset evaluation and the bandwidth search run the Predictor over a dataset and report consistent numbers."""
 
+import json
+import math
+
 import pytest
 import torch
 
 from panoptic_ros.checkpoint import load_model, save_weights
 from panoptic_ros.config import config_from_dict
 from panoptic_ros.datasets import CamVid
-from panoptic_ros.evaluation import evaluate, markdown, search_bandwidths
+from panoptic_ros.evaluation import EvaluationAccumulator, evaluate, markdown, search_bandwidths, write_report
 from panoptic_ros.models import build_model
 from panoptic_ros.predictor import Predictor
 
@@ -29,8 +32,33 @@ def test_evaluate_reports_metrics_and_latency(toy_camvid, predictor):
     assert 0 <= report["miou"] <= 1 and set(report["iou"]) == {c.name for c in CamVid.table.classes}
     assert {"all", "things", "stuff", "per_class"} <= set(report["panoptic"])
     assert {"preprocess", "model", "clustering", "merge", "total"} == set(report["latency_ms"])
-    report.update(weights="w", dataset="camvid", split="val")
-    assert "| PQ |" in markdown(report)
+    assert set(report["instance_ap"]["per_class"]) == {"car", "pedestrian", "bicyclist"}
+    text = markdown(report, "Evaluation: w on camvid val")
+    assert text.startswith("# Evaluation: w on camvid val") and "| PQ |" in text and "| car |" in text
+
+
+def test_report_files_are_strict_json_with_plots(toy_camvid, predictor, tmp_path):
+    accumulator = EvaluationAccumulator(CamVid.table)
+    report = evaluate(predictor[0], CamVid(toy_camvid, "val"), limit=2, accumulator=accumulator)
+    assert report["images"] == 2 and len(accumulator.latency_ms["total"]) == 2
+    paths = write_report(report, "t", tmp_path / "out", accumulator.latency_ms)
+    assert [p.name for p in paths] == ["report.json", "report.md", "class_iou.png", "latency.png"]
+    loaded = json.loads(paths[0].read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert loaded["miou"] == pytest.approx(report["miou"])
+    # classes absent from ground truth and prediction have IoU NaN: null in JSON, n/a in Markdown
+    nan_classes = [n for n, v in report["iou"].items() if math.isnan(v)]
+    assert nan_classes and all(loaded["iou"][n] is None for n in nan_classes)
+    assert f"| {nan_classes[0]} | n/a |" in paths[1].read_text()
+    assert all(p.stat().st_size > 1000 for p in paths[2:])
+
+
+def test_accumulator_without_ground_truth_reports_latency_only():
+    accumulator = EvaluationAccumulator(CamVid.table)
+    accumulator.add_timings({"model": 2.0, "merge": 1.0})
+    assert accumulator.metrics() == {"images": 0}
+    assert accumulator.latency()["total"]["p50"] == 3.0
+    text = markdown({**accumulator.metrics(), "latency_ms": accumulator.latency(), "device": "cpu"}, "t")
+    assert "No frame had ground truth" in text and "| total | 3.0 |" in text
 
 
 def test_bandwidth_search_scores_each_thing_class(toy_camvid, predictor, tmp_path):
