@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .checkpoint import load_model
 from .classes import TABLES, ClassTable
 from .config import PostprocessConfig
-from .postprocess import Segment, cluster_instances, merge_panoptic
+from .postprocess import VOID_ID, Segment, cluster_instances, merge_panoptic
 from .transforms import normalize_image
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "panonet_camvid.safetensors"
@@ -116,22 +116,31 @@ class Predictor:
     def bandwidths(self) -> dict[int, float]:
         return {c: self.postprocess.bandwidth(c) for c in self.table.thing_ids}
 
-    def __call__(self, rgb: np.ndarray) -> Prediction:
-        """rgb: uint8 [H, W, 3] image."""
-        raw = self.run_network(rgb)
+    def __call__(self, rgb: np.ndarray, scale: float | None = None) -> Prediction:
+        """rgb: uint8 [H, W, 3] image; ``scale`` overrides the configured one for this image."""
+        raw = self.run_network(rgb, scale)
         return self.postprocess_output(raw)
 
+    def to(self, device: str) -> "Predictor":
+        """Move the network to ``device`` (``auto``, ``cpu``, ``cuda:N``); moving to the CPU frees its GPU memory."""
+        self.device = resolve_device(device)
+        self.model.to(self.device)
+        if self.device.type == "cpu" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return self
+
     @torch.inference_mode()
-    def run_network(self, rgb: np.ndarray) -> NetworkOutput:
+    def run_network(self, rgb: np.ndarray, scale: float | None = None) -> NetworkOutput:
         """Preprocess and run the network; outputs stay at 1/4 of the network input."""
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 8:
             raise ValueError(f"expected a uint8 RGB image [H, W, 3] of at least 8 x 8, got {rgb.dtype} {rgb.shape}")
         timings = {}
         clock = time.perf_counter()
         height, width = rgb.shape[:2]
-        if self.scale != 1.0:
-            size = (max(8, round(width * self.scale)), max(8, round(height * self.scale)))
-            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR)
+        scale = self.scale if scale is None else scale
+        if scale != 1.0:
+            size = (max(8, round(width * scale)), max(8, round(height * scale)))
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         images = normalize_image(rgb)[None].to(self.device, self.dtype)
         clock = self._lap(timings, "preprocess", clock)
         out = self.model(images)
@@ -168,3 +177,15 @@ class Predictor:
         now = time.perf_counter()
         timings[stage] = (now - start) * 1e3
         return now
+
+
+def filter_prediction(prediction: Prediction, score_threshold: float = 0.0, min_area: int = 0) -> Prediction:
+    """Drop thing segments scoring below ``score_threshold`` or smaller than ``min_area`` pixels: their pixels
+    become void in ``panoptic`` and -1 in ``instances`` (stuff segments are kept)."""
+    removed = {s.id for s in prediction.segments if s.is_thing and (s.score < score_threshold or s.area < min_area)}
+    if not removed:
+        return prediction
+    gone = torch.isin(prediction.panoptic, torch.tensor(sorted(removed), dtype=prediction.panoptic.dtype))
+    return Prediction(prediction.semantic, prediction.instances.masked_fill(gone, -1),
+                      prediction.panoptic.masked_fill(gone, VOID_ID),
+                      [s for s in prediction.segments if s.id not in removed], prediction.timings)

@@ -51,6 +51,25 @@ class FrameSlots:
             self._cond.notify_all()
 
 
+class SequenceGaps:
+    """Frames lost before the node could see them (in transport, or overwritten in the reader's keep-last-1
+    history): gaps in each publisher's sequence numbers."""
+
+    def __init__(self):
+        self.lost = 0
+        self._last: dict[object, int] = {}
+
+    def update(self, publisher: object, sequence: int | None) -> int:
+        """Record ``sequence`` from ``publisher``; the number of frames missing just before it."""
+        if not sequence:  # the middleware does not number messages
+            return 0
+        last = self._last.get(publisher)
+        gap = sequence - last - 1 if last is not None and sequence > last else 0
+        self._last[publisher] = sequence
+        self.lost += gap
+        return gap
+
+
 class RateMeter:
     """Events per second over the last ``horizon`` seconds."""
 
@@ -124,14 +143,15 @@ class Status:
 OK, WARN, ERROR = 0, 1, 2
 
 
-def camera_status(name: str, stats: CameraStats, dropped: int, errors: Counter, now: float, *,
+def camera_status(name: str, stats: CameraStats, dropped: int, errors: Counter, now: float, *, lost: int = 0,
                   min_rate_hz: float = 0.0, max_latency_ms: float = 0.0, extra: dict[str, str] | None = None) -> Status:
     """Health of one camera: WARN when frames arrive but the output rate is under ``min_rate_hz`` or the p90 of
-    the total latency is over ``max_latency_ms`` (0 = no bound)."""
+    the total latency is over ``max_latency_ms`` (0 = no bound). ``dropped``: frames replaced in the node's slot
+    before processing; ``lost``: frames that never reached the node (sequence gaps)."""
     in_rate, out_rate = stats.input_rate.rate(now), stats.output_rate.rate(now)
     latency = {stage: percentiles(v) for stage, v in stats.latency.items()}
     values = {"input_rate_hz": f"{in_rate:.2f}", "output_rate_hz": f"{out_rate:.2f}", "received": str(stats.received),
-              "processed": str(stats.processed), "dropped": str(dropped), "rejected": str(sum(errors.values())),
+              "processed": str(stats.processed), "dropped": str(dropped), "lost_in_transport": str(lost), "rejected": str(sum(errors.values())),
               **{f"rejected.{kind}": str(n) for kind, n in sorted(errors.items())},
               **{f"latency_ms.{stage}.{p}": f"{v:.1f}" for stage, ps in latency.items() for p, v in ps.items()
                  if p in ("p50", "p90", "p99")},

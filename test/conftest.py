@@ -10,7 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
+from panoptic_ros.ros.env import configure_ros_environment
+
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+configure_ros_environment()  # the shipped Fast DDS profile, as the node's own main() would set it
 # Domains 1..100 keep Fast DDS's well-known ports out of the ephemeral range.
 os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
 

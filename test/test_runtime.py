@@ -4,7 +4,7 @@ import threading
 import time
 from collections import Counter
 
-from panoptic_ros.runtime import OK, WARN, CameraStats, ErrorThrottle, FrameSlots, RateMeter, camera_status
+from panoptic_ros.runtime import OK, WARN, CameraStats, ErrorThrottle, FrameSlots, RateMeter, SequenceGaps, camera_status
 
 
 def test_a_slot_keeps_only_the_newest_frame_and_counts_drops():
@@ -67,3 +67,11 @@ def test_camera_status_warns_on_rate_and_latency_bounds():
     assert ok.values["latency_ms.total.p90"] == "120.0"
     slow = camera_status("cam", stats, 0, Counter(), 1.0, min_rate_hz=30, max_latency_ms=100)
     assert slow.level == WARN and "below 30 Hz" in slow.message and "above 100 ms" in slow.message
+
+
+def test_sequence_gaps_count_frames_lost_before_the_node():
+    gaps = SequenceGaps()
+    assert [gaps.update("a", n) for n in (1, 2, 5, 6)] == [0, 0, 2, 0]
+    assert gaps.update("b", 1) == 0 and gaps.update("b", 3) == 1  # publishers are numbered apart
+    assert gaps.update("a", 2) == 0 and gaps.update("a", 3) == 0  # a restarted publisher
+    assert gaps.update("a", None) == 0 and gaps.lost == 3
