@@ -233,8 +233,15 @@ class InstanceAP:
         gt = np.asarray(target, np.int64).ravel()
         if pred.shape != gt.shape:
             raise ValueError(f"prediction and target differ in size: {np.shape(prediction)} vs {np.shape(target)}")
-        g_ids, g_inverse, g_area = np.unique(gt, return_inverse=True, return_counts=True)
-        p_ids, p_inverse, p_area = np.unique(pred, return_inverse=True, return_counts=True)
+        lowest = min(pred.min(initial=0), gt.min(initial=0))
+        if lowest < VOID_ID:
+            raise ValueError(f"segment id {lowest} is below VOID_ID ({VOID_ID})")
+        # One pass over the pixels: intersections of all (gt, prediction) pairs; segment areas are their sums.
+        span = int(max(pred.max(initial=0), gt.max(initial=0))) + 2
+        pairs, inter = np.unique((gt + 1) * span + (pred + 1), return_counts=True)
+        g_ids, g = np.unique(pairs // span - 1, return_inverse=True)
+        p_ids, p = np.unique(pairs % span - 1, return_inverse=True)
+        g_area, p_area = np.bincount(g, inter).astype(np.int64), np.bincount(p, inter).astype(np.int64)
         g_cls, p_cls = segment_classes(g_ids, self.table, "target"), segment_classes(p_ids, self.table, "prediction")
         g_thing = self.is_thing_or_void[g_cls]
         crowd, small = g_thing & (g_ids < INSTANCE_OFFSET), g_thing & (g_area < self.min_region_size)
@@ -247,8 +254,6 @@ class InstanceAP:
             raise ValueError(f"predicted instances {missing[:5]} have no score")
         np.add.at(self.num_gt, g_cls[g_evaluated], 1)
 
-        pairs, inter = np.unique(g_inverse * len(p_ids) + p_inverse, return_counts=True)
-        g, p = pairs // len(p_ids), pairs % len(p_ids)
         keep = p_instance[p] & ((g_cls[g] == p_cls[p]) | (g_ids[g] == VOID_ID))
         g, p, inter = g[keep], p[keep], inter[keep]
         best_iou, ignored = np.zeros((2, len(p_ids)))

@@ -190,5 +190,7 @@ def test_perfect_prediction_reset_and_errors():
         metric.update(np.full((2, 2), CAR * 1000), {}, gt[:2, :2])
     with pytest.raises(ValueError, match="no class in table"):
         metric.update(np.full((2, 2), 42), {}, gt[:2, :2])
+    with pytest.raises(ValueError, match=r"segment id -5 is below VOID_ID \(-1\)"):
+        metric.update(np.full((2, 2), -5), {}, gt[:2, :2])
     with pytest.raises(ValueError, match="differ in size"):
         metric.update(gt[:2, :2], {}, gt[:3, :2])
