@@ -268,7 +268,9 @@ class BagReader:
         except Exception as error:  # corrupt bytes make the generated deserialiser fail in many ways
             raise ImageError("message", f"cannot deserialise {msgtype}: {type(error).__name__}: {error}") from None
 
-    def _raw(self, topics: set[str]) -> Iterator[tuple[str, str, int, bytes]]:
+    def messages(self, topics: set[str]) -> Iterator[tuple[str, str, int, bytes]]:
+        """Undecoded messages of ``topics`` in log-time order: (topic, msgtype, log time ns, CDR bytes); a damaged
+        .mcap yields what it can, then raises ``BagError``."""
         if self._reader is None:
             yield from self._salvaged(topics)
             return
@@ -303,15 +305,19 @@ class BagReader:
 
         A frame waits until every label topic has given a label for its stamp, or until ``max_pending`` later
         frames arrived (then it goes on with the labels it has). Frames that cannot be decoded are skipped and
-        counted in ``self.stats`` by ``ImageError.kind``, as are bad label messages.
+        counted in ``self.stats`` by ``ImageError.kind``, as are bad label messages. Topics are checked at the
+        call (``BagError`` listing the bag's topics); reading errors surface while iterating.
         """
         self.check_topic(topic, FRAME_TYPES)
         for label_topic in label_topics:
             self.check_topic(label_topic, LABEL_TYPES)
         self.stats = ReadStats()
+        return self._frames(topic, label_topics, max_pending)
+
+    def _frames(self, topic: str, label_topics: Sequence[str], max_pending: int) -> Iterator[Frame]:
         matcher = _LabelMatcher(len(label_topics), max_pending, self.stats)
         index = -1
-        for msg_topic, msgtype, log_time, data in self._raw({topic, *label_topics}):
+        for msg_topic, msgtype, log_time, data in self.messages({topic, *label_topics}):
             if msg_topic == topic:
                 index += 1
                 frame = self._frame(index, msgtype, log_time, data)

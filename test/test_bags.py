@@ -208,7 +208,7 @@ def test_panoptic_messages_round_trip_as_labels(tmp_path, rgb):
         bag.write_panoptic("/gt/panoptic", SECOND, panoptic, segments, CAMVID, "camera", "gt", latency_ns=1500)
     with BagReader(tmp_path / "bag.mcap") as bag:
         (frame,) = bag.frames("/camera/image_raw", ["/gt/panoptic"])
-        (_, msgtype, _, data), = bag._raw({"/gt/panoptic"})
+        (_, msgtype, _, data), = bag.messages({"/gt/panoptic"})
     np.testing.assert_array_equal(frame.labels["panoptic"], panoptic)
     msg = bag.store.deserialize_cdr(data, msgtype)
     assert msgtype == PANOPTIC and msg.panoptic.encoding == "32SC1" and msg.latency.nanosec == 1500
