@@ -1,0 +1,85 @@
+"""The project's bag player and the realtime replay through a node process, on the embedded sample bag."""
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from sensor_msgs.msg import CameraInfo, Image
+
+from panoptic_ros.bags import BagError, BagReader
+from panoptic_ros.evaluate_bag import DEFAULT_BAG, DEFAULT_LABEL_TOPICS, ground_truth_from_labels
+from panoptic_ros.evaluation import EvaluationAccumulator
+from panoptic_ros.predictor import Predictor
+from panoptic_ros.ros.bag_player import BagPlayer, parse_remap
+from panoptic_ros.ros.replay import replay
+
+TOPIC = "/camera/image_raw"
+
+
+def test_player_publishes_every_message_in_order_at_the_recorded_pace():
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node("player_test", context=context)
+        got = []
+        node.create_subscription(Image, "/replayed/image", lambda m: got.append((time.monotonic(), m)), 10)
+        infos = []
+        node.create_subscription(CameraInfo, "/camera/camera_info", infos.append, 10)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        thread = threading.Thread(target=executor.spin, daemon=True)
+        thread.start()
+        with BagReader(DEFAULT_BAG) as reader:
+            player = BagPlayer(node, reader, [TOPIC, "/camera/camera_info"], rate=0.5,
+                               remap={TOPIC: "/replayed/image"})
+            assert player.wait_for_subscribers(1, 10, lambda: time.sleep(0.05))
+            assert player.play() == 10
+            expected = [(f.stamp_ns, f.rgb) for f in reader.frames(TOPIC)]
+        deadline = time.monotonic() + 5
+        while len(got) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        executor.shutdown()
+        stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for _, m in got]
+        assert stamps == [s for s, _ in expected] and len(infos) == 5
+        np.testing.assert_array_equal(np.frombuffer(got[0][1].data, np.uint8).reshape(360, 480, 3), expected[0][1])
+        spacing = np.diff([t for t, _ in got])  # 15 Hz recorded, played at half speed
+        assert np.median(spacing) == pytest.approx(2 / 15, abs=0.03)
+        with BagReader(DEFAULT_BAG) as reader, pytest.raises(BagError, match="no topic '/nope'; the bag has: /camera"):
+            BagPlayer(node, reader, ["/nope"])
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+def test_parse_remap():
+    assert parse_remap(["/a:=/b"]) == {"/a": "/b"}
+    with pytest.raises(SystemExit, match="expected FROM:=TO"):
+        parse_remap(["/a=/b"])
+
+
+def test_realtime_replay_through_the_node_equals_the_offline_predictor(tmp_path):
+    summary = replay(DEFAULT_BAG, tmp_path, TOPIC, rate=0.2, params={"device": "cpu"}, evaluate=True)
+    assert summary["node_exit_code"] == 0 and summary["published"] == 5
+    assert summary["received"] + summary["dropped"] == 5 and summary["received"] >= 1
+    assert len(list(tmp_path.glob("overlay_*.png"))) == summary["received"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["images"] == summary["received"] and (tmp_path / "latency.png").is_file()
+    assert report["latency_ms"]["end_to_end"]["p50"] >= report["latency_ms"]["node"]["p50"] > 0
+
+    # The same frames through the Predictor in this process: the node must give identical results.
+    predictor = Predictor.from_weights(device="cpu")
+    received = {int(p.stem.split("_")[-1]) for p in tmp_path.glob("overlay_*.png")}
+    accumulator = EvaluationAccumulator(predictor.table)
+    with BagReader(DEFAULT_BAG) as reader:
+        for frame in reader.frames(TOPIC, list(DEFAULT_LABEL_TOPICS)):
+            if frame.stamp_ns in received:
+                truth = ground_truth_from_labels(frame.labels, predictor.table)
+                accumulator.add(predictor(frame.rgb), truth.semantic, truth.panoptic)
+    direct = accumulator.metrics()
+    assert report["miou"] == pytest.approx(direct["miou"], abs=1e-12)
+    assert report["panoptic"]["all"]["pq"] == pytest.approx(direct["panoptic"]["all"]["pq"], abs=1e-12)
+    assert report["instance_ap"]["ap"] == pytest.approx(direct["instance_ap"]["ap"], abs=1e-12, nan_ok=True)
