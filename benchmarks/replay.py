@@ -14,8 +14,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
-
 from panoptic_ros.evaluate_bag import DEFAULT_BAG, evaluate_bag
 from panoptic_ros.predictor import DEFAULT_WEIGHTS, Predictor
 

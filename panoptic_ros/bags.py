@@ -187,6 +187,7 @@ class BagReader:
         self.damage: str | None = None  # why rosbags could not open the bag, when it is read record by record
         self._reader: Reader | None = None
         self._salvage: list[Path] = []
+        self._salvage_topics_cache: dict[str, TopicInfo] | None = None
         self._open()
 
     def _open(self) -> None:
@@ -229,6 +230,11 @@ class BagReader:
                                 info.msgcount) for name, info in self._reader.topics.items()}
 
     def _salvage_topics(self) -> dict[str, TopicInfo]:
+        if self._salvage_topics_cache is None:
+            self._salvage_topics_cache = self._scan_salvage()
+        return self._salvage_topics_cache
+
+    def _scan_salvage(self) -> dict[str, TopicInfo]:
         counts: Counter = Counter()
         types: dict[str, set[str]] = {}
         try:
