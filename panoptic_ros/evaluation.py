@@ -235,11 +235,12 @@ def plot_class_iou(report: dict, path: Path) -> None:
 
 
 def plot_latency(latency_ms: dict[str, list[float]], path: Path) -> None:
-    """Histogram of each stage's per-frame latency (ms)."""
+    """Histogram of each stage's per-frame latency (ms), all on the same bins."""
     figure = Figure(figsize=(7, 4), layout="constrained")
     axes = figure.subplots()
+    bins = np.linspace(0, max(max(v) for v in latency_ms.values() if v) * 1.02, 41)
     for stage, values in latency_ms.items():
-        axes.hist(values, bins=30, histtype="step", linewidth=1.5, label=stage)
+        axes.hist(values, bins=bins, histtype="step", linewidth=1.5, label=stage)
     axes.set(xlabel="ms per frame", ylabel="frames")
     axes.legend()
     figure.savefig(path, dpi=100)

@@ -192,7 +192,7 @@ def test_panoptic_and_semantic_only_label_topics(tiny_weights, tmp_path):
 
 
 class InterruptingPredictor:
-    """Wraps a Predictor and presses Ctrl-C on its ``after + 1``-th frame."""
+    """Wraps a Predictor and presses Ctrl-C on its ``after + 1``-th call (evaluate_bag's warm-up is the first)."""
 
     def __init__(self, predictor, after):
         self.predictor, self.after, self.calls = predictor, after, 0
@@ -210,7 +210,7 @@ class InterruptingPredictor:
 def test_ctrl_c_writes_a_partial_report_of_the_frames_done(toy_bag, tiny_weights, tmp_path, monkeypatch, capsys):
     real = Predictor.from_weights
     monkeypatch.setattr(module.Predictor, "from_weights",
-                        classmethod(lambda cls, *a, **k: InterruptingPredictor(real(*a, **k), after=2)))
+                        classmethod(lambda cls, *a, **k: InterruptingPredictor(real(*a, **k), after=3)))
     out = tmp_path / "eval"
     assert main([str(toy_bag), "--weights", str(tiny_weights), "--out", str(out),
                  "--output-bag", str(tmp_path / "pred.mcap")]) == 130
