@@ -363,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--gt and --label-topic are alternatives")
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     predictor = Predictor.from_weights(opts.weights, device=opts.device)
+    if opts.gt is not None and DATASETS[opts.gt_layout].table.name != predictor.table.name:
+        parser.error(f"--gt-layout {opts.gt_layout} labels {DATASETS[opts.gt_layout].table.name} classes, but "
+                     f"{opts.weights.name} predicts {predictor.table.name} classes")
     gt = (opts.gt, opts.gt_layout, opts.gt_split) if opts.gt is not None else None
     try:
         with sigterm_as_interrupt():

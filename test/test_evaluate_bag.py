@@ -244,3 +244,11 @@ def test_missing_topic_is_an_error_listing_the_topics(toy_bag, tiny_weights, tmp
     err = capsys.readouterr().err
     assert "no topic '/x'; the bag has: /camera/camera_info [sensor_msgs/msg/CameraInfo, 4]" in err
     assert not (tmp_path / "eval").exists()
+
+
+def test_dataset_labels_of_another_class_table_are_refused(toy_bag, tiny_weights, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([str(toy_bag), "--weights", str(tiny_weights), "--out", str(tmp_path / "e"), "--gt", str(tmp_path),
+              "--gt-layout", "cityscapes"])
+    assert "--gt-layout cityscapes labels cityscapes classes, but tiny.safetensors predicts camvid classes" in (
+        capsys.readouterr().err)
