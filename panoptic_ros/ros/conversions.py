@@ -12,7 +12,7 @@ from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import ColorRGBA, Header
 
 from panoptic_ros.classes import ClassTable
-from panoptic_ros.images import array_to_image, compressed_to_rgb, image_to_rgb
+from panoptic_ros.images import compressed_to_rgb, image_buffer, image_to_rgb
 from panoptic_ros.msg import ClassInfo, PanopticSegmentation, Segment
 from panoptic_ros.postprocess import Segment as SegmentRecord
 from panoptic_ros.runtime import Status
@@ -28,9 +28,10 @@ def rgb_from_msg(msg: Image | CompressedImage, max_pixels: int | None = None) ->
 
 def image_msg(pixels: np.ndarray, encoding: str, header: Header) -> Image:
     """An Image holding ``pixels`` (element type and channels of ``encoding``), little-endian, unpadded."""
-    height, width, step, data = array_to_image(pixels, encoding)
+    height, width, step, buffer = image_buffer(pixels, encoding)
     msg = Image(header=header, height=height, width=width, encoding=encoding, is_bigendian=False, step=step)
-    msg.data = array.array("B", data)  # the array.array setter skips rosidl's per-element check of a sequence
+    msg.data = array.array("B")  # an array.array skips rosidl's per-element check of a sequence
+    msg.data.frombytes(buffer)  # one copy
     return msg
 
 

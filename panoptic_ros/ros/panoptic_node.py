@@ -270,12 +270,12 @@ class PanopticNode(LifecycleNode):
         if "semantic" in wanted:
             wanted["semantic"].publish(image_msg(prediction.semantic.numpy().astype(np.uint8), "mono8", header))
         if "instance" in wanted:
-            ids = prediction.instances.numpy()
-            pixels = (np.clip(ids + 1, 0, 65535).astype(np.uint16) if config.output.instance_encoding == "mono16"
+            ids = prediction.instances.numpy()  # -1 or a cluster index (far below 65535)
+            pixels = ((ids + 1).astype(np.uint16) if config.output.instance_encoding == "mono16"
                       else ids.astype(np.int32))
             wanted["instance"].publish(image_msg(pixels, config.output.instance_encoding, header))
         if "panoptic_image" in wanted or "panoptic" in wanted:
-            ids_msg = image_msg(prediction.panoptic.numpy().astype(np.int32), "32SC1", header)
+            ids_msg = image_msg(prediction.panoptic.numpy(), "32SC1", header)
             if "panoptic_image" in wanted:
                 wanted["panoptic_image"].publish(ids_msg)
             if "panoptic" in wanted:
