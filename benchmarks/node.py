@@ -74,6 +74,15 @@ def subscribe_outputs(connection, domain: str, outputs: list[str]) -> None:
     rclpy.spin(node)
 
 
+def forward(connection, got: list) -> None:
+    """Collect the subscriber process's reports until it ends."""
+    try:
+        while True:
+            got.append(connection.recv())
+    except (EOFError, OSError):
+        pass
+
+
 def overhead(rgb: np.ndarray, frames: int, outputs: list[str]) -> dict:
     """Median stage timings of the in-process node over ``frames`` frames, each awaited (no drops); the outputs'
     subscriber runs in another process, so its deserialisation does not compete with the node for the GIL."""
@@ -88,7 +97,7 @@ def overhead(rgb: np.ndarray, frames: int, outputs: list[str]) -> dict:
     node = PanopticNode(parameter_overrides=[Parameter("device", value="cpu")])
     tester = rclpy.create_node("bench_tester")
     got = []
-    threading.Thread(target=lambda: [got.append(parent.recv()) for _ in iter(int, 1)], daemon=True).start()
+    threading.Thread(target=forward, args=(parent, got), daemon=True).start()
     pub = tester.create_publisher(Image, "/image", qos("reliable", 1))
     info = tester.create_publisher(CameraInfo, "/camera_info", qos("reliable", 1))
     executor = MultiThreadedExecutor()

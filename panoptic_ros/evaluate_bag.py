@@ -3,6 +3,7 @@
     python -m panoptic_ros.evaluate_bag [BAG] [--topic /camera/image_raw] [--label-topic T ...]
         [--gt DIR --gt-layout camvid|cityscapes [--gt-split val]] [--out DIR] [--weights W] [--device auto]
         [--limit N] [--output-bag PATH] [--export-cityscapes]
+    python -m panoptic_ros.evaluate_bag [BAG] --realtime [--rate 1.0] [--out DIR]   # through a real node process
 
 With no arguments it evaluates the embedded sample bag (5 CamVid val frames with labels) and prints the report.
 
@@ -25,6 +26,10 @@ Outputs in ``--out``: report.json, report.md, class_iou.png, latency.png (evalua
 ``/panoptic/segmentation`` PanopticSegmentation, ``/panoptic/overlay`` rgb8, stamped like the input) for Foxglove;
 with ``--export-cityscapes`` the predictions and ground truth as Cityscapes panoptic sets in ``--out/cityscapes``.
 
+``--realtime`` instead plays the bag at its recorded pace (times ``--rate``) into a real node process with the
+project's bag player (``panoptic_ros.ros.replay``): frames the busy node skips are dropped as on a vehicle, and the
+report adds end-to-end latency and drop counts.
+
 Ctrl-C (or SIGTERM), and a bag that turns out damaged midway, end the run with a report of the frames processed so
 far, marked partial; the exit status is then 130 or 1.
 """
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -343,6 +349,19 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def realtime(opts, parser) -> int:
+    """The --realtime mode: ``panoptic_ros.ros.replay`` in its own process (this module stays free of ROS)."""
+    unsupported = [flag for flag, used in (("--gt", opts.gt), ("--limit", opts.limit), ("--output-bag", opts.output_bag),
+                                           ("--export-cityscapes", opts.export_cityscapes)) if used]
+    if unsupported:
+        parser.error(f"--realtime scores the node's published results against label topics; {unsupported[0]} is for "
+                     f"the offline replay")
+    command = [sys.executable, "-m", "panoptic_ros.ros.replay", str(opts.bag), "--topic", opts.topic, "--out",
+               str(opts.out), "--rate", str(opts.rate), "--device", opts.device, "--weights", str(opts.weights),
+               "--evaluate"] + (["--label-topics", *opts.label_topics] if opts.label_topics else [])
+    return subprocess.run(command).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("bag", nargs="?", type=Path, default=DEFAULT_BAG, help="bag folder or file (default: sample)")
@@ -358,9 +377,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="first N frames only")
     parser.add_argument("--output-bag", type=Path, help="write the predictions to this new bag (.mcap, .db3 or folder)")
     parser.add_argument("--export-cityscapes", action="store_true", help="Cityscapes panoptic sets in OUT/cityscapes")
+    parser.add_argument("--realtime", action="store_true",
+                        help="play the bag at its recorded pace into a real node process instead (drops and latency "
+                             "as a vehicle sees them; label topics only): runs panoptic_ros.ros.replay")
+    parser.add_argument("--rate", type=float, default=1.0, help="--realtime: speed factor of the recorded pace")
     opts = parser.parse_args(argv)
     if opts.gt is not None and opts.label_topics:
         parser.error("--gt and --label-topic are alternatives")
+    if opts.realtime:
+        return realtime(opts, parser)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     predictor = Predictor.from_weights(opts.weights, device=opts.device)
     if opts.gt is not None and DATASETS[opts.gt_layout].table.name != predictor.table.name:

@@ -252,3 +252,17 @@ def test_dataset_labels_of_another_class_table_are_refused(toy_bag, tiny_weights
               "--gt-layout", "cityscapes"])
     assert "--gt-layout cityscapes labels cityscapes classes, but tiny.safetensors predicts camvid classes" in (
         capsys.readouterr().err)
+
+
+def test_realtime_runs_the_node_process_and_scores_what_it_published(tmp_path):
+    assert main([str(DEFAULT_BAG), "--realtime", "--rate", "0.25", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    realtime = report["realtime"]
+    assert realtime["published"] == 5 and realtime["received"] + realtime["dropped"] == 5
+    assert report["images"] == realtime["received"] and 0 < report["miou"] <= 1
+    assert len(list(tmp_path.glob("overlay_*.png"))) == realtime["received"]
+
+
+def test_realtime_refuses_offline_only_options(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--realtime", "--limit", "2", "--out", str(tmp_path)])
