@@ -23,6 +23,8 @@ bench: setup
 	$(PY) -m benchmarks.imp
 	$(PY) -m benchmarks.clustering
 	$(PY) -m benchmarks.panonet
+	$(PY) -m benchmarks.replay
+	$(PY) -m benchmarks.node
 
 # The ROS 2 workspace route, with the venv's ros-* wheels as underlay (in a real workspace, source
 # /opt/ros/<distro>/setup.bash instead). colcon builds from CMakeLists.txt; setup.py builds only the op there.

@@ -76,3 +76,10 @@ def test_postprocess_overrides_by_class_name():
 def test_runtime_parameters():
     assert all(map(is_runtime_parameter, ["filter.score_threshold", "bandwidths.car", "output.overlay", "input_scale"]))
     assert not any(map(is_runtime_parameter, ["device", "weights", "input.cameras", "output.reliability", "mode"]))
+
+
+def test_readme_documents_every_parameter():
+    readme = (CONFIG.parent / "README.md").read_text()
+    section = readme[readme.index("### Parameters"):readme.index("### Diagnostics")]
+    missing = [name for name in flatten(NodeConfig()) if f"`{name}`" not in section]
+    assert not missing, missing
