@@ -13,7 +13,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from .classes import ClassTable
+from .classes import TABLES, ClassTable
 from .config import ConfigError, PostprocessConfig, _coerce, _require
 from .predictor import PRECISIONS
 
@@ -94,6 +94,7 @@ class DiagnosticsConfig:
 class NodeConfig:
     mode: str = "fast"  # fast: PanoNet; accuracy: Panoptic-FPN-IMP
     weights: str = ""  # "" = the shipped checkpoint of the mode
+    class_table: str = ""  # "" = the one the weights name; camvid / cityscapes to override (class count must match)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     precision: str = "fp32"  # fp32, fp16, bf16 (network only)
     input_scale: float = 1.0  # the network sees the frame resized by this factor
@@ -107,6 +108,8 @@ class NodeConfig:
 
     def validate(self, where: str = "panoptic_node") -> "NodeConfig":
         _require(self.mode in MODES, where, "mode", self.mode, f"one of {MODES}")
+        _require(self.class_table in ("", *TABLES), where, "class_table", self.class_table,
+                 f"'' (from the weights) or one of {sorted(TABLES)}")
         _require(bool(_DEVICE.match(self.device)), where, "device", self.device, "auto, cpu, cuda or cuda:N")
         _require(self.precision in PRECISIONS, where, "precision", self.precision, f"one of {tuple(PRECISIONS)}")
         _require(0.05 <= self.input_scale <= 4.0, where, "input_scale", self.input_scale, "a number in [0.05, 4]")

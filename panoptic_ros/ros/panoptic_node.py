@@ -28,6 +28,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from panoptic_ros.checkpoint import WeightsError
+from panoptic_ros.classes import TABLES
 from panoptic_ros.config import ConfigError
 from panoptic_ros.images import ImageError
 from panoptic_ros.msg import PanopticSegmentation
@@ -50,6 +51,10 @@ def qos(reliability: str, depth: int) -> QoSProfile:
                       durability=DurabilityPolicy.VOLATILE)
 
 
+def is_ours(parameter: str) -> bool:
+    return parameter in _PARAMETER_NAMES or parameter.startswith("bandwidths.")
+
+
 def topic(namespace: str, name: str) -> str:
     return f"{namespace}/{name}" if namespace else name
 
@@ -68,6 +73,8 @@ class Camera:
 
 
 class PanopticNode(LifecycleNode):
+    """Parameters: ``node_config.NodeConfig`` (README, "Parameters"); topics: README, "Topics"."""
+
     def __init__(self, node_name: str = "panoptic_node", **kwargs):
         super().__init__(node_name, **kwargs)
         for name, value in flatten(NodeConfig()).items():
@@ -89,8 +96,7 @@ class PanopticNode(LifecycleNode):
 
     # ---- parameters -------------------------------------------------------------------------------------
     def _parameter_values(self) -> dict:
-        return {name: p.value for name, p in self._parameters.items()
-                if name in _PARAMETER_NAMES or name.startswith("bandwidths.")}
+        return {name: p.value for name, p in self._parameters.items() if is_ours(name)}
 
     def _read_config(self, changes: dict | None = None) -> NodeConfig:
         config = node_config_from_parameters({**self._parameter_values(), **(changes or {})}, self.get_name())
@@ -99,7 +105,7 @@ class PanopticNode(LifecycleNode):
         return config
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        changes = {p.name: p.value for p in parameters}
+        changes = {p.name: p.value for p in parameters if is_ours(p.name)}  # not e.g. use_sim_time
         if self._predictor is not None:
             fixed = sorted(name for name in changes if not is_runtime_parameter(name))
             if fixed:
@@ -116,7 +122,6 @@ class PanopticNode(LifecycleNode):
     def _apply(self, config: NodeConfig) -> None:
         """Make a validated configuration current: post-processing and the set of output publishers."""
         self._predictor.postprocess = config.postprocess(self._weights_postprocess, self._predictor.table)
-        self._predictor.scale = config.input_scale
         self._config = config
         with self._lock:
             for camera in self._cameras.values():
@@ -136,8 +141,13 @@ class PanopticNode(LifecycleNode):
                 raise ConfigError(f"mode {config.mode!r}: the accuracy model (Panoptic-FPN-IMP) is not available "
                                   f"in this version; use mode 'fast'")
             weights = Path(config.weights) if config.weights else DEFAULT_WEIGHTS
-            predictor = Predictor.from_weights(weights, device="cpu", precision=config.precision,
-                                               scale=config.input_scale)
+            predictor = Predictor.from_weights(weights, device="cpu", precision=config.precision)
+            if config.class_table and config.class_table != predictor.table.name:
+                table = TABLES[config.class_table]
+                if len(table) != len(predictor.table):
+                    raise ConfigError(f"class_table {config.class_table!r} has {len(table)} classes, but {weights} "
+                                      f"predicts {len(predictor.table)}")
+                predictor.table = table
             for class_id, bandwidth in predictor.bandwidths.items():  # defaults from the weights
                 name = f"bandwidths.{predictor.table[class_id].name}"
                 if not self.has_parameter(name):

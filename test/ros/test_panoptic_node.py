@@ -327,6 +327,8 @@ def test_runtime_parameter_changes_are_validated_and_applied(harness, frame):
         (result,) = h.node.set_parameters([Parameter(name, value=value)])
         assert not result.successful and reason in result.reason, (name, result.reason)
     assert h.node.get_parameter("device").value == "cpu"
+    (result,) = h.node.set_parameters([Parameter("use_sim_time", value=False)])  # rclpy's own parameter
+    assert result.successful
     h.listen("/panoptic_node/overlay", Image)
     h.wait_matched("/panoptic_node/overlay")
     (result,) = h.node.set_parameters([Parameter("output.overlay", value=False)])
@@ -399,6 +401,8 @@ def test_bad_weights_fail_configure_with_the_reason(harness, tmp_path, capfd):
         assert reason in capfd.readouterr().err, name
     h = harness(mode="accuracy")
     assert h.node._predictor is None and "accuracy model" in capfd.readouterr().err
+    h = harness(class_table="cityscapes")
+    assert h.node._predictor is None and "'cityscapes' has 19 classes" in capfd.readouterr().err
 
 
 def test_node_process_exits_cleanly_on_sigint(tmp_path):
