@@ -89,7 +89,8 @@ def _newest_mtime(paths) -> float:
 
 
 def build_messages(dest: Path) -> None:
-    """Generate the messages with CMake and copy the Python package ``msg`` and its C extensions into ``dest``.
+    """Generate the messages with CMake and copy the Python package ``msg`` (with the .msg files) and its C
+    extensions into ``dest``.
 
     The C libraries go to ``sys.prefix/lib``, which the ros-* wheels' bootstrapper puts on LD_LIBRARY_PATH.
     """
@@ -97,7 +98,8 @@ def build_messages(dest: Path) -> None:
     marker = dest / "msg" / "__init__.py"
     lib = Path(sys.prefix) / "lib" / f"lib{PACKAGE}__rosidl_typesupport_c.so"
     typesupports = list(dest.glob(f"{PACKAGE}_s__*.so"))
-    if (marker.exists() and lib.exists() and len(typesupports) == 3
+    definitions = [dest / "msg" / f.name for f in (ROOT / "msg").glob("*.msg")]
+    if (marker.exists() and lib.exists() and len(typesupports) == 3 and all(d.exists() for d in definitions)
             and min(p.stat().st_mtime for p in [marker, *typesupports]) > _newest_mtime(inputs)):
         print(f"{PACKAGE}: messages are up to date in {dest}")
         return
@@ -129,6 +131,8 @@ def build_messages(dest: Path) -> None:
     # copy (not copy2): fresh mtimes make the up-to-date check above hold until an input changes
     shutil.copytree(built / "msg", dest / "msg", ignore=shutil.ignore_patterns("__pycache__"),
                     copy_function=shutil.copy)
+    for definition in (ROOT / "msg").glob("*.msg"):  # the text rosbags needs to (de)serialise them, in any install
+        shutil.copy(definition, dest / "msg")
     for old in dest.glob(f"{PACKAGE}_s__*.so"):
         old.unlink()
     for so in built.glob(f"{PACKAGE}_s__*.so"):

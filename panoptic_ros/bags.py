@@ -74,10 +74,11 @@ class BagError(RuntimeError):
 
 def message_dirs() -> list[Path]:
     """Where this package's ``.msg`` files may be, in order: the source tree's ``msg/`` next to the package (the
-    files that match this code), then ``share/panoptic_ros/msg`` of each ``AMENT_PREFIX_PATH`` entry (colcon or
-    apt installs)."""
+    files that match this code), the generated ``panoptic_ros/msg`` package (setup.py copies them there, so pip
+    installs have them), then ``share/panoptic_ros/msg`` of each ``AMENT_PREFIX_PATH`` entry (colcon or apt)."""
     prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
-    return [Path(__file__).resolve().parent.parent / "msg", *(Path(p) / "share" / PACKAGE / "msg" for p in prefixes)]
+    here = Path(__file__).resolve().parent
+    return [here.parent / "msg", here / "msg", *(Path(p) / "share" / PACKAGE / "msg" for p in prefixes)]
 
 
 def find_message_dir() -> Path:

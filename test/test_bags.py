@@ -4,6 +4,7 @@ compressed formats on one topic, labels matched by stamp, damaged bags and bad f
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +251,13 @@ def test_message_definitions_are_found_in_an_ament_prefix(tmp_path, monkeypatch)
     monkeypatch.setattr(bags, "message_dirs", lambda: [tmp_path / "empty"])
     with pytest.raises(FileNotFoundError, match="PanopticSegmentation.msg.*empty.*AMENT_PREFIX_PATH"):
         bags.find_message_dir()
+
+
+def test_the_installed_message_package_carries_the_definitions(monkeypatch, tmp_path):
+    """setup.py copies the .msg files into the generated package, so installs without the source tree read bags."""
+    import panoptic_ros.msg
+
+    package_dir = Path(panoptic_ros.msg.__file__).parent
+    assert package_dir in bags.message_dirs()
+    monkeypatch.setattr(bags, "message_dirs", lambda: [tmp_path / "no_source_tree", package_dir])
+    assert bags.find_message_dir() == package_dir
