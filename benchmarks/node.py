@@ -68,9 +68,12 @@ def subscribe_outputs(connection, domain: str, outputs: list[str]) -> None:
     configure_ros_environment()
     rclpy.init()
     node = rclpy.create_node("bench_subscriber")
-    for name in outputs:
-        node.create_subscription(OUTPUTS[name], f"/panoptic_node/{name}", lambda m, n=name: connection.send(n), 5)
+    subscriptions = [node.create_subscription(OUTPUTS[name], f"/panoptic_node/{name}",
+                                              lambda m, n=name: connection.send(n), 5) for name in outputs]
     connection.send("ready")
+    while not all(s.get_publisher_count() for s in subscriptions):  # matched with the node now running
+        rclpy.spin_once(node, timeout_sec=0.05)
+    connection.send("matched")
     rclpy.spin(node)
 
 
@@ -104,20 +107,26 @@ def overhead(rgb: np.ndarray, frames: int, outputs: list[str]) -> dict:
     for n in (node, tester):
         executor.add_node(n)
     threading.Thread(target=executor.spin, daemon=True).start()
-    publishers = [node._cameras[""].publishers[name] for name in outputs]
-    wait(lambda: pub.get_subscription_count() and all(p.get_subscription_count() for p in publishers), 30)
-    info.publish(CameraInfo(width=rgb.shape[1], height=rgb.shape[0]))
-    wait(lambda: node._cameras[""].camera_info is not None, 10)
+    # The subscriber's own count: the node's could still include a subscriber process of an earlier run.
+    if not wait(lambda: "matched" in got and pub.get_subscription_count() and info.get_subscription_count(), 60):
+        raise RuntimeError("the node and the subscriber process did not discover each other within 60 s")
+    for _ in range(60):  # camera_info until it arrives: also proves the node's subscriptions are live
+        info.publish(CameraInfo(width=rgb.shape[1], height=rgb.shape[0]))
+        if wait(lambda: node._cameras[""].camera_info is not None, 1):
+            break
+    else:
+        raise RuntimeError("the node received no camera_info within 60 s")
     for k in range(frames + 2):  # two warm-up frames
         got.clear()
         pub.publish(image_msg(rgb, k))
-        wait(lambda: len(got) == len(outputs), 30)
+        if not wait(lambda: len(got) == len(outputs), 60):
+            raise RuntimeError(f"frame {k}: {len(got)} of {len(outputs)} outputs arrived within 60 s")
     latency = {stage: list(v)[2:] for stage, v in node._cameras[""].stats.latency.items()}
     executor.shutdown()
     node.stop_serving()
     node.destroy_node()
     tester.destroy_node()
-    subscriber.kill()
+    subscriber.terminate()
     median = {stage: float(np.median(v)) for stage, v in latency.items()}
     node_ms = median["decode"] + median["publish"]
     return {"frames": len(latency["total"]), "median_ms": median, "node_overhead_ms": node_ms,

@@ -10,7 +10,7 @@ from panoptic_ros.predictor import DEFAULT_WEIGHTS
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["imp", "panonet", "clustering", "replay"])
+@pytest.mark.parametrize("name", ["imp", "panonet", "clustering", "replay", "node"])
 def test_benchmark_writes_its_results(name, tmp_path, monkeypatch):
     if name == "imp" and not extension_available():
         pytest.skip("IMP extension not built")
