@@ -73,6 +73,27 @@ def segment_classes(ids: np.ndarray, table, what: str) -> np.ndarray:
     return classes
 
 
+def segment_overlaps(prediction, target):
+    """Pixels shared by every (target segment, predicted segment) pair present, void (-1) included on both sides.
+
+    prediction, target: [H, W] panoptic id maps of one shape. Returns ``g_ids``, ``p_ids`` (the ids present,
+    sorted) and, per pair in (target, prediction) order, ``g``, ``p`` (indices into them) and ``inter`` (pixels):
+    one sort of the pixel pairs; segment areas are sums of ``inter``.
+    """
+    pred = np.asarray(prediction, np.int64).ravel()
+    gt = np.asarray(target, np.int64).ravel()
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction and target differ in size: {np.shape(prediction)} vs {np.shape(target)}")
+    lowest = min(pred.min(initial=0), gt.min(initial=0))
+    if lowest < VOID_ID:
+        raise ValueError(f"segment id {lowest} is below VOID_ID ({VOID_ID})")
+    span = int(max(pred.max(initial=0), gt.max(initial=0))) + 2
+    pairs, inter = np.unique((gt + 1) * span + (pred + 1), return_counts=True)
+    g_ids, g = np.unique(pairs // span - 1, return_inverse=True)
+    p_ids, p = np.unique(pairs % span - 1, return_inverse=True)
+    return g_ids, p_ids, g, p, inter
+
+
 class PanopticQuality:
     """PQ, SQ, RQ (Kirillov et al., CVPR 2019) over panoptic id maps in the message convention, with the matching,
     void and crowd rules of panopticapi / cityscapesscripts' ``pq_compute_single_core``:
@@ -98,18 +119,13 @@ class PanopticQuality:
 
     def update(self, prediction, target) -> None:
         """prediction, target: [H, W] integer panoptic id maps of one image."""
-        pred = np.asarray(prediction, np.int64).ravel()
-        gt = np.asarray(target, np.int64).ravel()
-        if pred.shape != gt.shape:
-            raise ValueError(f"prediction and target differ in size: {np.shape(prediction)} vs {np.shape(target)}")
-        p_ids, p_area = np.unique(pred[pred != VOID_ID], return_counts=True)
-        g_ids, g_area = np.unique(gt[gt != VOID_ID], return_counts=True)
+        g_all, p_all, g, p, inter = segment_overlaps(prediction, target)
+        pair_g, pair_p = g_all[g], p_all[p]
+        p_real, g_real = p_all != VOID_ID, g_all != VOID_ID
+        p_ids, p_area = p_all[p_real], np.bincount(p, inter).astype(np.int64)[p_real]
+        g_ids, g_area = g_all[g_real], np.bincount(g, inter).astype(np.int64)[g_real]
         p_cls, g_cls = segment_classes(p_ids, self.table, "prediction"), segment_classes(g_ids, self.table, "target")
         g_crowd = self.is_thing[g_cls] & (g_ids < INSTANCE_OFFSET)
-        # Intersections of every (gt, pred) pair present, void (-1) included on both sides.
-        span = int(max(p_ids.max(initial=0), g_ids.max(initial=0))) + 2
-        pairs, inter = np.unique((gt + 1) * span + (pred + 1), return_counts=True)
-        pair_g, pair_p = pairs // span - 1, pairs % span - 1
         p_index = {int(i): k for k, i in enumerate(p_ids)}
         g_index = {int(i): k for k, i in enumerate(g_ids)}
         p_void = np.zeros(len(p_ids), np.int64)
@@ -229,18 +245,7 @@ class InstanceAP:
         """prediction, target: [H, W] integer panoptic id maps of one image; scores: confidence of each predicted
         instance id (every id >= 1000 of a thing class in ``prediction``; a missing one raises ``ValueError``, since
         a made-up confidence would change the ranking AP measures). Other keys are ignored."""
-        pred = np.asarray(prediction, np.int64).ravel()
-        gt = np.asarray(target, np.int64).ravel()
-        if pred.shape != gt.shape:
-            raise ValueError(f"prediction and target differ in size: {np.shape(prediction)} vs {np.shape(target)}")
-        lowest = min(pred.min(initial=0), gt.min(initial=0))
-        if lowest < VOID_ID:
-            raise ValueError(f"segment id {lowest} is below VOID_ID ({VOID_ID})")
-        # One pass over the pixels: intersections of all (gt, prediction) pairs; segment areas are their sums.
-        span = int(max(pred.max(initial=0), gt.max(initial=0))) + 2
-        pairs, inter = np.unique((gt + 1) * span + (pred + 1), return_counts=True)
-        g_ids, g = np.unique(pairs // span - 1, return_inverse=True)
-        p_ids, p = np.unique(pairs % span - 1, return_inverse=True)
+        g_ids, p_ids, g, p, inter = segment_overlaps(prediction, target)
         g_area, p_area = np.bincount(g, inter).astype(np.int64), np.bincount(p, inter).astype(np.int64)
         g_cls, p_cls = segment_classes(g_ids, self.table, "target"), segment_classes(p_ids, self.table, "prediction")
         g_thing = self.is_thing_or_void[g_cls]

@@ -30,3 +30,20 @@ def test_accumulates_and_resets():
     assert metric.confusion.sum() == 0
     with pytest.raises(ValueError, match="differ in shape"):
         metric.update(torch.zeros(2), torch.zeros(3))
+
+
+def test_segment_overlaps_count_every_pair_with_void():
+    import numpy as np
+
+    from panoptic_ros.metrics import segment_overlaps
+
+    rng = np.random.default_rng(3)
+    gt = rng.choice([-1, 0, 3, 8000, 8001, 9000], size=(37, 53))
+    pred = rng.choice([-1, 3, 5, 8000, 10002], size=(37, 53))
+    g_ids, p_ids, g, p, inter = segment_overlaps(pred, gt)
+    pairs, counts = np.unique(np.stack([gt.ravel(), pred.ravel()], 1), axis=0, return_counts=True)
+    np.testing.assert_array_equal(np.stack([g_ids[g], p_ids[p]], 1), pairs)
+    np.testing.assert_array_equal(inter, counts)
+    assert g_ids.tolist() == [-1, 0, 3, 8000, 8001, 9000] and p_ids.tolist() == [-1, 3, 5, 8000, 10002]
+    with pytest.raises(ValueError, match="below VOID_ID"):
+        segment_overlaps(np.full((2, 2), -3), np.zeros((2, 2), int))
