@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import array
 import tempfile
 import threading
 import time
@@ -31,24 +30,19 @@ from std_msgs.msg import Header
 from panoptic_ros.datasets import read_rgb
 from panoptic_ros.demo import DEFAULT_IMAGE
 from panoptic_ros.evaluation import percentiles
-from panoptic_ros.images import rgb_to_image
 from panoptic_ros.msg import PanopticSegmentation
+from panoptic_ros.ros.conversions import image_msg
 from panoptic_ros.ros.env import configure_ros_environment
 from panoptic_ros.ros.panoptic_node import OUTPUTS, PanopticNode, qos
 from panoptic_ros.ros.replay import NODE, Recorder, start_node, stop_node
 
 from .common import environment, report
 
-NODE_STAGES = ("queue", "decode", "publish")
 
-
-def image_msg(rgb: np.ndarray, stamp_ns: int) -> Image:
-    height, width, step, data = rgb_to_image(rgb, "rgb8")
+def rgb8_msg(rgb: np.ndarray, stamp_ns: int) -> Image:
     header = Header(frame_id="camera")
     header.stamp.sec, header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-    msg = Image(header=header, height=height, width=width, encoding="rgb8", step=step)
-    msg.data = array.array("B", data)
-    return msg
+    return image_msg(rgb, "rgb8", header)
 
 
 def wait(predicate, timeout: float) -> bool:
@@ -118,7 +112,7 @@ def overhead(rgb: np.ndarray, frames: int, outputs: list[str]) -> dict:
         raise RuntimeError("the node received no camera_info within 60 s")
     for k in range(frames + 2):  # two warm-up frames
         got.clear()
-        pub.publish(image_msg(rgb, k))
+        pub.publish(rgb8_msg(rgb, k))
         if not wait(lambda: len(got) == len(outputs), 60):
             raise RuntimeError(f"frame {k}: {len(got)} of {len(outputs)} outputs arrived within 60 s")
     latency = {stage: list(v)[2:] for stage, v in node._cameras[""].stats.latency.items()}
@@ -154,7 +148,7 @@ def end_to_end(rgb: np.ndarray, frames: int, rate_hz: float) -> dict:
         while time.monotonic() < start + k / rate_hz:
             spin()
         stamp = 1_000_000_000 + k
-        msg = image_msg(rgb, stamp)
+        msg = rgb8_msg(rgb, stamp)
         sent[stamp] = time.time()
         pub.publish(msg)
     settle = time.monotonic() + 5

@@ -183,26 +183,3 @@ def node_config_from_parameters(values: dict[str, object], where: str = "panopti
                 raise ConfigError(f"{where}: parameter {name!r} nests under a value")
         node[leaf] = value
     return _coerce(NodeConfig, nested, where).validate(where)
-
-
-def parameters_from_yaml(data: dict, node_name: str = "panoptic_node") -> dict[str, object]:
-    """Dotted parameter names from a ROS 2 params file's content (``<node>: ros__parameters: ...``; ``/**`` too),
-    flattened as rcl does."""
-    for key in (node_name, f"/{node_name}", "/**"):
-        if isinstance(data.get(key), dict) and "ros__parameters" in data[key]:
-            params = data[key]["ros__parameters"]
-            break
-    else:
-        raise ConfigError(f"no '{node_name}: ros__parameters:' section; found {sorted(data)}")
-    out: dict[str, object] = {}
-
-    def walk(mapping: dict, prefix: str) -> None:
-        for key, value in mapping.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                out[f"{prefix}{key}"] = value
-
-    walk(params, "")
-    return out
-

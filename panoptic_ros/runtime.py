@@ -144,7 +144,7 @@ OK, WARN, ERROR = 0, 1, 2
 
 
 def camera_status(name: str, stats: CameraStats, dropped: int, errors: Counter, now: float, *, lost: int = 0,
-                  min_rate_hz: float = 0.0, max_latency_ms: float = 0.0, extra: dict[str, str] | None = None) -> Status:
+                  min_rate_hz: float = 0.0, max_latency_ms: float = 0.0) -> Status:
     """Health of one camera: WARN when frames arrive but the output rate is under ``min_rate_hz`` or the p90 of
     the total latency is over ``max_latency_ms`` (0 = no bound). ``dropped``: frames replaced in the node's slot
     before processing; ``lost``: frames that never reached the node (sequence gaps)."""
@@ -154,8 +154,7 @@ def camera_status(name: str, stats: CameraStats, dropped: int, errors: Counter, 
               "processed": str(stats.processed), "dropped": str(dropped), "lost_in_transport": str(lost), "rejected": str(sum(errors.values())),
               **{f"rejected.{kind}": str(n) for kind, n in sorted(errors.items())},
               **{f"latency_ms.{stage}.{p}": f"{v:.1f}" for stage, ps in latency.items() for p, v in ps.items()
-                 if p in ("p50", "p90", "p99")},
-              **(extra or {})}
+                 if p in ("p50", "p90", "p99")}}
     problems = []
     if min_rate_hz and in_rate > 0 and out_rate < min_rate_hz:
         problems.append(f"output rate {out_rate:.1f} Hz below {min_rate_hz:g} Hz")

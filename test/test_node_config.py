@@ -12,10 +12,24 @@ from panoptic_ros.node_config import (
     flatten,
     is_runtime_parameter,
     node_config_from_parameters,
-    parameters_from_yaml,
 )
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
+
+
+def params_file(name: str) -> dict:
+    """Dotted parameter names of a shipped params file (``panoptic_node: ros__parameters:``), flattened as rcl does."""
+    out = {}
+
+    def walk(mapping: dict, prefix: str) -> None:
+        for key, value in mapping.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk(yaml.safe_load((CONFIG / name).read_text())["panoptic_node"]["ros__parameters"], "")
+    return out
 
 
 def test_defaults_round_trip_through_parameter_names():
@@ -25,7 +39,7 @@ def test_defaults_round_trip_through_parameter_names():
 
 @pytest.mark.parametrize("name", ["fast.yaml", "accuracy.yaml"])
 def test_shipped_params_files_name_only_node_parameters(name):
-    params = parameters_from_yaml(yaml.safe_load((CONFIG / name).read_text()))
+    params = params_file(name)
     known = set(flatten(NodeConfig())) | {f"bandwidths.{CAMVID[c].name}" for c in CAMVID.thing_ids}
     assert set(params) <= known, set(params) - known
     config = node_config_from_parameters(params)
@@ -33,7 +47,7 @@ def test_shipped_params_files_name_only_node_parameters(name):
 
 
 def test_fast_yaml_states_every_parameter():
-    params = parameters_from_yaml(yaml.safe_load((CONFIG / "fast.yaml").read_text()))
+    params = params_file("fast.yaml")
     assert set(flatten(NodeConfig())) <= set(params)
 
 

@@ -237,11 +237,11 @@ class PanopticNode(LifecycleNode):
         camera.stats.record_input(now)
         gid = info.get("publisher_gid") or {}
         camera.gaps.update(bytes(gid.get("data", b"")), info.get("publication_sequence_number"))
-        self._slots.put(camera.name, (msg, now, time.perf_counter()))
+        self._slots.put(camera.name, (msg, time.perf_counter()))
 
     def _work(self, slots: FrameSlots) -> None:
         while (item := slots.take()) is not None:
-            name, (msg, _, received) = item
+            name, (msg, received) = item
             camera = self._cameras.get(name)
             if camera is None:
                 continue
@@ -305,7 +305,7 @@ class PanopticNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         config, now = self._config, time.monotonic()
         predictor = self._predictor
-        node = f"{self.get_name()}"
+        node = self.get_name()
         statuses = [Status(OK, f"{node}: model", f"{predictor.name} on {predictor.device}", {
             "model": predictor.name, "mode": config.mode, "device": str(predictor.device),
             "precision": config.precision, "classes": predictor.table.name})]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -73,7 +72,7 @@ def start_node(topic: str, info_topic: str | None, params: dict[str, str], log_p
     for name, value in params.items():
         command += ["-p", f"{name}:={value}"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=dict(os.environ))
+    return subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
 
 
 def stop_node(process: subprocess.Popen) -> int:
@@ -137,11 +136,12 @@ def replay(bag: Path, out: Path, topic: str = DEFAULT_TOPIC, rate: float = 1.0, 
             code = stop_node(process)
             node.destroy_node()
             rclpy.try_shutdown()
-        summary = summarize(recorder, player, topic, code, f"node process, device {params.get('device', 'auto')}")
+        latency_ms = latencies(recorder, player, topic)
+        summary = summarize(recorder, player, topic, code, latency_ms,
+                            f"node process, device {params.get('device', 'auto')}")
         write_overlays(recorder, out)
         if evaluate:
-            summary["evaluation"] = evaluate_received(reader, topic, label_topics, recorder, out, summary,
-                                                      latencies(recorder, player, topic))
+            summary["evaluation"] = evaluate_received(reader, topic, label_topics, recorder, out, summary, latency_ms)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -155,10 +155,11 @@ def latencies(recorder: Recorder, player: BagPlayer, topic: str) -> dict[str, li
             "node": [m.latency.sec * 1e3 + m.latency.nanosec / 1e6 for _, m in received.values()]}
 
 
-def summarize(recorder: Recorder, player: BagPlayer, topic: str, exit_code: int, device: str) -> dict:
+def summarize(recorder: Recorder, player: BagPlayer, topic: str, exit_code: int, latency_ms: dict[str, list[float]],
+              device: str) -> dict:
     published, received = len(player.published[topic]), len(recorder.received["panoptic"])
     return {"published": published, "received": received, "dropped": published - received,
-            "latency_ms": {k: percentiles(v) for k, v in latencies(recorder, player, topic).items()},
+            "latency_ms": {k: percentiles(v) for k, v in latency_ms.items()},
             "device": device, "node_exit_code": exit_code, "rate_factor": player.rate}
 
 
