@@ -10,31 +10,16 @@ import torch
 
 from panoptic_ros import evaluate_bag as module
 from panoptic_ros.bags import BagReader, BagWriter
-from panoptic_ros.checkpoint import save_weights
 from panoptic_ros.classes import CAMVID
-from panoptic_ros.config import config_from_dict
 from panoptic_ros.datasets import CamVid
 from panoptic_ros.evaluate_bag import DEFAULT_BAG, DEFAULT_LABEL_TOPICS, main
 from panoptic_ros.evaluation import evaluate
 from panoptic_ros.make_bag import main as make_bag
 from panoptic_ros.metrics import InstanceAP, PanopticQuality, SemanticIoU, panoptic_from_labels
-from panoptic_ros.models import build_model
 from panoptic_ros.predictor import DEFAULT_WEIGHTS, Predictor
 
 TOPIC = "/camera/image_raw"
 SECOND = 1_000_000_000
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    """An untrained small PanoNet biased towards cars, so that thing PQ and AP see instances."""
-    cfg = config_from_dict({"model": {"num_classes": 11, "width": 0.125, "depths": [1, 1, 1, 1]},
-                            "postprocess": {"min_instance_pixels": 1}})
-    torch.manual_seed(0)
-    model = build_model("panonet", **cfg.model.kwargs())
-    with torch.no_grad():
-        model.semantic_decoder.head.bias[8] = 2.0
-    return save_weights(model, cfg, tmp_path_factory.mktemp("weights") / "tiny.safetensors")
 
 
 @pytest.fixture

@@ -4,26 +4,15 @@ import json
 import math
 
 import pytest
-import torch
 
-from panoptic_ros.checkpoint import load_model, save_weights
-from panoptic_ros.config import config_from_dict
 from panoptic_ros.datasets import CamVid
 from panoptic_ros.evaluation import EvaluationAccumulator, evaluate, markdown, search_bandwidths, write_report
-from panoptic_ros.models import build_model
 from panoptic_ros.predictor import Predictor
 
 
 @pytest.fixture
-def predictor(tmp_path):
-    cfg = config_from_dict({"model": {"num_classes": 11, "width": 0.125, "depths": [1, 1, 1, 1]},
-                            "postprocess": {"min_instance_pixels": 1}})
-    torch.manual_seed(0)
-    model = build_model("panonet", **cfg.model.kwargs())
-    with torch.no_grad():
-        model.semantic_decoder.head.bias[8] = 2.0  # some cars, so that clustering and thing PQ are exercised
-    path = save_weights(model, cfg, tmp_path / "w.safetensors")
-    return Predictor.from_weights(path, device="cpu"), path
+def predictor(tiny_weights):
+    return Predictor.from_weights(tiny_weights, device="cpu"), tiny_weights
 
 
 def test_evaluate_reports_metrics_and_latency(toy_camvid, predictor):
