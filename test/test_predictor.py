@@ -9,7 +9,8 @@ from panoptic_ros.classes import CAMVID
 from panoptic_ros.config import config_from_dict
 from panoptic_ros.models import build_model
 from panoptic_ros.postprocess import INSTANCE_OFFSET, VOID_ID
-from panoptic_ros.predictor import Predictor
+from panoptic_ros.postprocess import Segment
+from panoptic_ros.predictor import Prediction, Predictor, filter_prediction
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +87,16 @@ def test_instance_scores_are_the_mean_confidence_of_each_instance():
     ids = torch.tensor([[0, 0, -1], [1, 2, 2]])
     confidence = torch.tensor([[0.2, 0.4, 0.9], [0.5, 0.6, 1.0]])
     assert instance_scores(ids, confidence, 4) == pytest.approx([0.3, 0.5, 0.8, 0.0])
+
+
+def test_filter_prediction_voids_weak_or_small_things_only():
+    panoptic = torch.tensor([[3, 3, 8000, 8000], [3, 9000, 8000, 8001]], dtype=torch.int32)
+    instances = torch.tensor([[-1, -1, 0, 0], [-1, 1, 0, 2]])
+    segments = [Segment(3, 3, "road", False, 0.1, 3, (0, 0, 2, 2)), Segment(8000, 8, "car", True, 0.9, 3, (2, 0, 2, 2)),
+                Segment(8001, 8, "car", True, 0.9, 1, (3, 1, 1, 1)), Segment(9000, 9, "pedestrian", True, 0.2, 1, (1, 1, 1, 1))]
+    prediction = Prediction(panoptic.long() // 1000, instances, panoptic, segments)
+    kept = filter_prediction(prediction, score_threshold=0.5, min_area=2)
+    assert [s.id for s in kept.segments] == [3, 8000]  # stuff stays whatever its score
+    assert kept.panoptic.tolist() == [[3, 3, 8000, 8000], [3, VOID_ID, 8000, VOID_ID]]
+    assert kept.instances.tolist() == [[-1, -1, 0, 0], [-1, -1, 0, -1]]
+    assert filter_prediction(prediction) is prediction

@@ -38,7 +38,8 @@ class BagPlayer:
     """Publishers for ``topics`` of ``reader`` on ``node`` (renamed by ``remap``), and a paced replay."""
 
     def __init__(self, node: Node, reader: BagReader, topics: list[str] | None = None, *, rate: float = 1.0,
-                 remap: dict[str, str] | None = None, reliability: str = "reliable", depth: int = 10):
+                 remap: dict[str, str] | None = None, reliability: str = "reliable", depth: int = 10,
+                 clock: Callable[[], float] = time.monotonic):
         if rate <= 0:
             raise ValueError(f"rate {rate} must be > 0")
         available = reader.topics
@@ -46,7 +47,7 @@ class BagPlayer:
         missing = [name for name in topics if name not in available]
         if missing:
             raise BagError(f"{reader.path}: no topic {missing[0]!r}; the bag has: {reader.describe_topics()}")
-        self.reader, self.rate, self.topics = reader, rate, topics
+        self.reader, self.rate, self.topics, self.clock = reader, rate, topics, clock
         remap = remap or {}
         self._classes = {name: message_class(available[name].msgtype) for name in topics}
         self.publishers = {name: node.create_publisher(self._classes[name], remap.get(name, name),
@@ -71,9 +72,9 @@ class BagPlayer:
         count = 0
         for topic, _, log_time, data in self.reader.messages(set(self.topics)):
             if start_log is None:
-                start_wall, start_log = time.monotonic(), log_time
+                start_wall, start_log = self.clock(), log_time
             due = start_wall + (log_time - start_log) / 1e9 / self.rate
-            while (wait := due - time.monotonic()) > 0:
+            while (wait := due - self.clock()) > 0:
                 (spin or time.sleep)(min(wait, 0.05))
             self.publishers[topic].publish(data)
             self.published[topic].append((time.time(), self._stamp(topic, data)))
