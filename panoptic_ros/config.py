@@ -46,6 +46,7 @@ class DataConfig:
     jitter: float = 0.25
     batch_size: int = 8
     workers: int = 1
+    preload: bool = True  # decode the training set once into memory (datasets.SegmentationDataset)
 
     def validate(self, where: str) -> None:
         _require(self.dataset in ("camvid", "cityscapes"), where, "dataset", self.dataset, "camvid or cityscapes")
@@ -68,6 +69,14 @@ class TrainConfig:
     class_weighting: bool = False  # ENet-style 1 / ln(1.02 + p_class) weights in the cross-entropy
     eval_every: int = 1  # validate (and pick best.pt) every this many epochs, and after the last
     seed: int = 0
+    semantic_only: bool = False  # Sec. III-C: the semantic pre-training that the instance branch starts from
+    # Online bootstrapping of hard pixels (Bridging paper Sec. 2.2, Eq. 1): the cross-entropy keeps the pixels whose
+    # true-class probability is below the threshold (1.0: every pixel), and at least the hardest min_kept fraction
+    # of each crop's labelled pixels.
+    bootstrap_threshold: float = 1.0
+    bootstrap_min_kept: float = 0.0
+    precision: str = "auto"  # fp32, bf16 (autocast), or auto: bf16 where the device computes it natively
+    channels_last: bool = True
 
     def validate(self, where: str) -> None:
         _require(self.epochs >= 1, where, "epochs", self.epochs, "an integer >= 1")
@@ -77,6 +86,11 @@ class TrainConfig:
         _require(self.lr > 0, where, "lr", self.lr, "a number > 0")
         _require(self.poly_power >= 0, where, "poly_power", self.poly_power, "a number >= 0")
         _require(self.eval_every >= 1, where, "eval_every", self.eval_every, "an integer >= 1")
+        _require(0 < self.bootstrap_threshold <= 1, where, "bootstrap_threshold", self.bootstrap_threshold,
+                 "a number in (0, 1]")
+        _require(0 <= self.bootstrap_min_kept <= 1, where, "bootstrap_min_kept", self.bootstrap_min_kept,
+                 "a number in [0, 1]")
+        _require(self.precision in ("auto", "fp32", "bf16"), where, "precision", self.precision, "auto, fp32 or bf16")
 
 
 @dataclass

@@ -6,6 +6,7 @@ The maths lives in plain functions over tensors; ``CascadeCrossEntropy`` and ``D
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -129,23 +130,53 @@ def cascade_discriminative_loss(
     return out
 
 
+def bootstrapped_pixels(loss: Tensor, valid: Tensor, threshold: float = 1.0, min_kept: float = 0.0) -> Tensor:
+    """Pixels kept by online bootstrapping (Bridging paper Sec. 2.2, Eq. 1), per crop.
+
+    A pixel is kept when it is labelled and its true-class probability exp(-loss) is below ``threshold``; when a
+    crop keeps fewer than ``ceil(min_kept * labelled pixels)``, it keeps its that many hardest labelled pixels
+    instead (ties at the cut kept), the paper's "at least a reasonable number of pixels kept per mini-batch".
+    ``threshold = 1`` keeps every labelled pixel.
+
+    Args:
+        loss: [B, h, w] per-pixel cross-entropy (un-weighted); valid: [B, h, w] bool, labelled pixels.
+    Returns:
+        [B, h, w] bool.
+    """
+    if threshold >= 1.0:
+        return valid
+    keep = valid & (loss > -math.log(threshold))
+    if min_kept > 0:
+        for b in range(loss.shape[0]):
+            labelled = loss[b][valid[b]]
+            need = min(len(labelled), math.ceil(min_kept * len(labelled)))
+            if need and int(keep[b].sum()) < need:
+                cut = torch.topk(labelled.detach(), need, sorted=False).values.min()
+                keep[b] = valid[b] & (loss[b] >= cut)
+    return keep
+
+
 def cascade_cross_entropy(
     logits: Sequence[Tensor],
     target: Tensor,
     weights: Sequence[float] = CASCADE_WEIGHTS,
     ignore_index: int = -100,
     class_weights: Tensor | None = None,
+    bootstrap_threshold: float = 1.0,
+    bootstrap_min_kept: float = 0.0,
 ) -> Tensor:
     """Cascade weighted softmax cross-entropy, paper Eq. 1: sum_t lambda_t L_sce,t.
 
     Each L_sce,t is the (class-weighted) mean cross-entropy over the pixels of scale t whose target is not
-    ``ignore_index`` (pass the class table's ``ignore_id``); the target of scale t is ``target`` resized by
-    ``downsample_nearest``. A scale whose pixels are all ignored contributes 0 (not NaN).
+    ``ignore_index`` (pass the class table's ``ignore_id``) and that online bootstrapping keeps
+    (``bootstrapped_pixels``; all of them by default); the target of scale t is ``target`` resized by
+    ``downsample_nearest``. A scale without such pixels contributes 0 (not NaN).
 
     Args:
         logits: one [B, K, h_t, w_t] tensor per scale (finest first, paired with ``weights``).
         target: [B, H, W] int64 class ids.
         class_weights: optional [K] weight per class (as ``F.cross_entropy``'s ``weight``).
+        bootstrap_threshold, bootstrap_min_kept: as ``bootstrapped_pixels``.
     Returns:
         scalar tensor.
     """
@@ -153,13 +184,14 @@ def cascade_cross_entropy(
     total = logits[0].sum() * 0.0
     for logit, lam in zip(logits, weights):
         t = downsample_nearest(target, logit.shape[-2:])
-        loss = F.cross_entropy(logit, t, weight=class_weights, ignore_index=ignore_index, reduction="sum")
-        valid = t != ignore_index
+        loss = F.cross_entropy(logit, t, ignore_index=ignore_index, reduction="none")
+        keep = bootstrapped_pixels(loss, t != ignore_index, bootstrap_threshold, bootstrap_min_kept)
         if class_weights is None:
-            norm = valid.sum()
+            pixel_weight = keep.to(logit.dtype)
         else:
-            norm = class_weights.to(logit.dtype)[t.clamp(0, logit.shape[1] - 1)][valid].sum()
-        total = total + lam * loss / norm.clamp(min=torch.finfo(logit.dtype).tiny)
+            pixel_weight = class_weights.to(logit.dtype)[t.clamp(0, logit.shape[1] - 1)] * keep
+        norm = pixel_weight.sum()
+        total = total + lam * (loss * pixel_weight).sum() / norm.clamp(min=torch.finfo(logit.dtype).tiny)
     return total
 
 

@@ -5,6 +5,7 @@ Used by the node, the bag evaluator, the benchmarks and the CLI, so all of them 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from .checkpoint import load_model
 from .classes import TABLES, ClassTable
 from .config import PostprocessConfig
-from .postprocess import VOID_ID, Segment, cluster_instances, merge_panoptic
+from .postprocess import VOID_ID, Segment, assign_thing_pixels, cluster_instances, coarse_cell_index, merge_panoptic
 from .transforms import normalize_image
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "panonet_camvid.safetensors"
@@ -151,7 +152,8 @@ class Predictor:
     @torch.inference_mode()
     def postprocess_output(self, raw: NetworkOutput, bandwidths: dict[int, float] | None = None) -> Prediction:
         """Class-wise mean-shift (Sec. III-D) at the network's 1/4 resolution, then semantic labels and the panoptic
-        merge at the input resolution. ``bandwidths`` overrides the configured ones (bandwidth search)."""
+        merge at the input resolution, every thing pixel in an instance of its class (``assign_thing_pixels``).
+        ``bandwidths`` overrides the configured ones (bandwidth search)."""
         timings = dict(raw.timings)
         clock = time.perf_counter()
         height, width = raw.size
@@ -163,10 +165,15 @@ class Predictor:
         clock = self._lap(timings, "clustering", clock)
 
         semantic = argmax_classes(F.interpolate(raw.logits[None], size=(height, width), mode="bilinear", align_corners=False)[0])
-        ids = F.interpolate(inst.ids[None, None].float(), size=(height, width), mode="nearest-exact")[0, 0].long()
-        instance_class = torch.cat([inst.classes, inst.classes.new_full((1,), -1)])[ids]  # ids == -1 -> last
-        ids = torch.where(instance_class == semantic, ids, torch.full_like(ids, -1))
-        result = merge_panoptic(semantic, ids, inst.classes, self.table,
+        h, w = inst.ids.shape
+        cell_pixels = height * width / (h * w)
+        ids, classes = assign_thing_pixels(semantic, inst.ids, inst.classes, self.table.thing_ids,
+                                           min_new_area=math.ceil(self.postprocess.min_instance_pixels * cell_pixels))
+        if len(classes) > len(scores):  # new instances from uncovered thing pixels: their cells' mean confidence
+            cells = confidence[coarse_cell_index(height, h, ids.device)[:, None], coarse_cell_index(width, w, ids.device)]
+            new = torch.where(ids >= len(scores), ids - len(scores), -1)
+            scores = scores + instance_scores(new, cells, len(classes) - len(scores))
+        result = merge_panoptic(semantic, ids, classes, self.table,
                                 stuff_min_area=self.postprocess.stuff_min_area, instance_scores=scores)
         self._lap(timings, "merge", clock)
         return Prediction(semantic.cpu(), ids.cpu(), result.panoptic.cpu(), result.segments, timings)

@@ -2,11 +2,20 @@
 
 PanoNet Sec. III-E: cascade cross-entropy (Eq. 1) on the semantic branch and the cascade discriminative loss
 (Eq. 6) on the instance branch, Adadelta with polynomial decay by default (adam / adamw / sgd allowed), and the
-two-stage schedule of Sec. III-C: the instance branch sees no coordinates before ``train.coordinate_epoch``.
+schedule of Sec. III-C:
+
+1. ``train.semantic_only``: the semantic branch alone (the instance branch is not even run);
+2. ``--init`` with that run's weights: the instance branch starts from the trained semantic encoder, its last
+   layers (the embedding decoder) re-initialised (``PanoNet.init_instance_from_semantic``); it trains without
+   coordinates before ``train.coordinate_epoch`` and with them from there on, and the learning-rate schedule
+   restarts at that switch.
+
+Optional: online bootstrapping of hard pixels in the cross-entropy (Bridging paper Eq. 1), bf16 autocast and
+channels_last (``train.precision``, ``train.channels_last``). Validation always runs in fp32.
 
 Writes ``last.pt`` (resumable: model, optimiser, schedule, epoch) after every epoch, ``best.pt`` by validation
-mIoU, ``log.jsonl`` (losses and metrics per epoch) and, at the end, ``weights.safetensors`` (fp16, with its config)
-for the Predictor. ``--resume`` continues from ``last.pt`` in ``--out``. Multi-GPU:
+mIoU, ``log.jsonl`` (losses and metrics per epoch), ``weights_without_coordinates.safetensors`` at the end of the
+stage without coordinates and, at the end, ``weights.safetensors`` (fp16, with its config) for the Predictor. ``--resume`` continues from ``last.pt`` in ``--out``. Multi-GPU:
 ``torchrun --nproc-per-node N -m panoptic_ros.train ...`` (DistributedDataParallel, one process per GPU).
 """
 
@@ -46,29 +55,65 @@ def make_optimizer(params, cfg: ExperimentConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
 
 
-def poly_schedule(optimizer, total_steps: int, power: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """Polynomial decay per iteration: lr * (1 - step / total) ** power."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total_steps) ** power)
+def poly_schedule(optimizer, total_steps: int, power: float, restart_step: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Polynomial decay per iteration: lr * (1 - step / total) ** power, restarted at ``restart_step`` when that
+    is in (0, total): two decays, [0, restart) and [restart, total), each from the full rate (Sec. III-C)."""
+
+    def factor(step: int) -> float:
+        if 0 < restart_step < total_steps:
+            span = restart_step if step < restart_step else total_steps - restart_step
+            step = step if step < restart_step else step - restart_step
+        else:
+            span = total_steps
+        return max(0.0, 1 - step / span) ** power
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 for ``precision: bf16``, or for ``auto`` where the device computes bf16 natively (CPUs with AVX512-BF16
+    or AMX, CUDA GPUs that support it); None means fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
 def class_weights_for(dataset, num_classes: int) -> torch.Tensor:
     """ENet weighting 1 / ln(1.02 + p_c) from the label frequencies of the (un-augmented) training set."""
     counts = torch.zeros(num_classes, dtype=torch.float64)
-    for files in dataset.pairs:
-        semantic, _ = dataset.load_targets(files[1:])
+    for index in range(len(dataset)):
+        semantic = dataset.decode(index)[1]
         s = torch.from_numpy(semantic.astype("int64")).flatten()
         counts += torch.bincount(s[s != IGNORE_LABEL], minlength=num_classes)[:num_classes].double()
     p = counts / counts.sum().clamp(min=1)
     return (1.0 / torch.log(1.02 + p)).float()
 
 
+def forward_batch(model, batch: dict, cfg: ExperimentConfig) -> dict:
+    """The network on a training batch: its crops with their full-image coordinates (Sec. III-A), the instance
+    branch only when it trains, in the configured memory format."""
+    images, coordinates = batch["image"], batch["coordinates"]
+    if cfg.train.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return model(images, coordinates, instance=not cfg.train.semantic_only)
+
+
 def compute_losses(outputs: dict, batch: dict, cfg: ExperimentConfig, class_weights) -> dict[str, torch.Tensor]:
+    """Eq. 1 (with optional bootstrapping) and Eq. 6, in fp32 whatever precision the network ran in."""
     semantic = cascade_cross_entropy(
-        [outputs["semantic"], *outputs["semantic_guidance"]], batch["semantic"], ignore_index=IGNORE_LABEL,
-        class_weights=class_weights,
+        [outputs["semantic"].float(), *(g.float() for g in outputs["semantic_guidance"])], batch["semantic"],
+        ignore_index=IGNORE_LABEL, class_weights=class_weights,
+        bootstrap_threshold=cfg.train.bootstrap_threshold, bootstrap_min_kept=cfg.train.bootstrap_min_kept,
     )
+    if cfg.train.semantic_only:
+        return {"total": semantic, "semantic": semantic}
     instance = cascade_discriminative_loss(
-        [outputs["embedding"], *outputs["embedding_guidance"]], batch["instances"], ignore_index=NO_INSTANCE
+        [outputs["embedding"].float(), *(g.float() for g in outputs["embedding_guidance"])], batch["instances"],
+        ignore_index=NO_INSTANCE,
     )
     total = semantic + cfg.train.instance_weight * instance["total"]
     return {"total": total, "semantic": semantic, "instance": instance["total"], "var": instance["var"],
@@ -77,12 +122,12 @@ def compute_losses(outputs: dict, batch: dict, cfg: ExperimentConfig, class_weig
 
 @torch.no_grad()
 def evaluate_semantic(model, loader, num_classes: int, device) -> dict:
-    """Semantic mIoU at full label resolution (logits upsampled bilinearly from 1/4)."""
+    """Semantic mIoU at full label resolution (logits upsampled bilinearly from 1/4), in fp32."""
     model.eval()
     metric = SemanticIoU(num_classes, IGNORE_LABEL)
     for batch in loader:
         images = batch["image"].to(device)
-        logits = model(images)["semantic"]
+        logits = model(images, instance=False)["semantic"]
         logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         metric.update(logits.argmax(1).cpu(), batch["semantic"])
     return metric.compute()
@@ -111,7 +156,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset_cls = DATASETS[cfg.data.dataset]
     augment = TrainAugment(cfg.data.crop, cfg.data.scale, jitter=cfg.data.jitter, seed=cfg.train.seed + rank)
-    train_set = dataset_cls(cfg.data.root, cfg.data.train_split, augment=augment)
+    train_set = dataset_cls(cfg.data.root, cfg.data.train_split, augment=augment, preload=cfg.data.preload)
     val_set = dataset_cls(cfg.data.root, cfg.data.val_split)
     sampler = DistributedSampler(train_set, world, rank, seed=cfg.train.seed) if world > 1 else None
     train_loader = DataLoader(train_set, cfg.data.batch_size, shuffle=sampler is None, sampler=sampler,
@@ -120,17 +165,26 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
 
     model = build_model(cfg.model.architecture, **cfg.model.kwargs())
     if init is not None:
-        initial, init_cfg, _, _ = load_model(init)
+        initial, init_cfg, _, init_info = load_model(init)
         if init_cfg != cfg.model:
             raise ValueError(f"--init {init}: its model config {init_cfg} differs from the experiment's {cfg.model}")
         model.load_state_dict(initial.state_dict())
+        if init_info.get("semantic_only") and not cfg.train.semantic_only:
+            model.init_instance_from_semantic()
+            if main_process:
+                print(f"instance branch initialised from the semantic encoder of {init} (Sec. III-C)")
     model = model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = autocast_dtype(cfg.train.precision, device)
     core = model
     if world > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=cfg.train.semantic_only)
     steps_per_epoch = min(len(train_loader), max_steps_per_epoch or len(train_loader))
     optimizer = make_optimizer(model.parameters(), cfg)
-    scheduler = poly_schedule(optimizer, cfg.train.epochs * steps_per_epoch, cfg.train.poly_power)
+    scheduler = poly_schedule(optimizer, cfg.train.epochs * steps_per_epoch, cfg.train.poly_power,
+                              cfg.train.coordinate_epoch * steps_per_epoch)
     weights = class_weights_for(train_set, cfg.model.num_classes).to(device) if cfg.train.class_weighting else None
 
     start_epoch, best = 0, -1.0
@@ -158,7 +212,9 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
             if step >= steps_per_epoch:
                 break
             batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            losses = compute_losses(model(batch["image"]), batch, cfg, weights)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                outputs = forward_batch(model, batch, cfg)
+            losses = compute_losses(outputs, batch, cfg, weights)
             if not torch.isfinite(losses["total"]):
                 raise FloatingPointError(f"epoch {epoch}, step {step}: loss is {losses['total'].item()}")
             optimizer.zero_grad(set_to_none=True)
@@ -170,6 +226,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
             bar.set_postfix(loss=f"{losses['total'].item():.3f}")
         record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 1),
                   "lr": scheduler.get_last_lr()[0], "coordinates": bool(core.use_coordinates),
+                  "precision": "bf16" if amp_dtype is not None else "fp32",
                   **{f"loss_{k}": v / steps_per_epoch for k, v in sums.items()}}
         if main_process:
             evaluated = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs
@@ -184,11 +241,16 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
             os.replace(out_dir / "last.tmp", last)  # a crash mid-write never corrupts the resumable checkpoint
             if improved:
                 torch.save(state, out_dir / "best.pt")
+            if epoch + 1 == cfg.train.coordinate_epoch < cfg.train.epochs and not cfg.train.semantic_only:
+                # the converged stage without coordinates (Sec. III-C), kept for the Fig. 5 comparison
+                save_weights(core, cfg, out_dir / "weights_without_coordinates.safetensors",
+                             info={"epochs": epoch + 1, "semantic_only": False, "coordinates": False})
             with open(out_dir / "log.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
             print(json.dumps(record))
     if main_process:
-        info = {"epochs": cfg.train.epochs, "final_val_miou": metrics.get("miou"), "best_val_miou": best}
+        info = {"epochs": cfg.train.epochs, "final_val_miou": metrics.get("miou"), "best_val_miou": best,
+                "semantic_only": cfg.train.semantic_only}
         save_weights(core, cfg, out_dir / "weights.safetensors", info=info)
     if world > 1:
         dist.destroy_process_group()

@@ -15,6 +15,17 @@ IGNORE_LABEL = 255  # semantic pixels without a label (void) in training targets
 NO_INSTANCE = -1  # instance-id pixels that belong to no thing instance
 
 
+def normalized_centres(start: int, count: int, full: int) -> np.ndarray:
+    """[count] float32: centres of pixels start..start+count-1 of a row of ``full`` pixels, normalised to [-1, 1]
+    (the CoordConv channels of PanoNet Sec. III-A; pixels outside the row extrapolate linearly)."""
+    return ((start + np.arange(count, dtype=np.float64) + 0.5) * (2.0 / full) - 1.0).astype(np.float32)
+
+
+def coordinate_map(xs: np.ndarray, ys: np.ndarray) -> torch.Tensor:
+    """float32 [2, H, W] (x then y) from the column coordinates [W] and row coordinates [H]."""
+    return torch.from_numpy(np.stack(np.broadcast_arrays(xs[None, :], ys[:, None])).copy())
+
+
 def normalize_image(rgb: np.ndarray) -> torch.Tensor:
     """uint8 RGB [H, W, 3] -> float32 [3, H, W], ImageNet-normalised."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -27,7 +38,12 @@ def normalize_image(rgb: np.ndarray) -> torch.Tensor:
 class TrainAugment:
     """Random scale, crop (padding with ignore labels), horizontal flip and colour jitter applied jointly to an
     image and its semantic and instance maps. Labels are resampled with centre-aligned nearest neighbour
-    (INTER_NEAREST_EXACT): plain INTER_NEAREST is offset by half a pixel from the bilinear image."""
+    (INTER_NEAREST_EXACT): plain INTER_NEAREST is offset by half a pixel from the bilinear image.
+
+    Also returns the crop's CoordConv coordinates in full-image terms (PanoNet Sec. III-A): x and y of each crop
+    pixel, normalised over the whole scaled (and flipped) image, so that a crop teaches the instance branch the
+    same coordinate scale that full-frame inference gives it. A flipped crop is the mirrored window of the
+    flipped image, so x still increases from left to right. Padded pixels extrapolate."""
 
     crop: tuple[int, int] = (352, 480)  # (height, width)
     scale: tuple[float, float] = (0.5, 2.0)
@@ -52,14 +68,18 @@ class TrainAugment:
             rgb = cv2.copyMakeBorder(rgb, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=fill)
             semantic = cv2.copyMakeBorder(semantic, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=IGNORE_LABEL)
             instances = cv2.copyMakeBorder(instances, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=NO_INSTANCE)
-        y = self.rng.integers(0, semantic.shape[0] - ch + 1)
-        x = self.rng.integers(0, semantic.shape[1] - cw + 1)
+        y = int(self.rng.integers(0, semantic.shape[0] - ch + 1))
+        x = int(self.rng.integers(0, semantic.shape[1] - cw + 1))
         rgb, semantic, instances = (a[y:y + ch, x:x + cw] for a in (rgb, semantic, instances))
-        if self.flip and self.rng.random() < 0.5:
+        flipped = self.flip and self.rng.random() < 0.5
+        if flipped:
             rgb, semantic, instances = rgb[:, ::-1], semantic[:, ::-1], instances[:, ::-1]
+            x = size[0] - x - cw  # the same window, seen in the mirrored image
+        coordinates = coordinate_map(normalized_centres(x, cw, size[0]), normalized_centres(y, ch, size[1]))
         if self.jitter > 0:
             rgb = self._jitter(rgb)
-        return np.ascontiguousarray(rgb), np.ascontiguousarray(semantic), np.ascontiguousarray(instances)
+        return (np.ascontiguousarray(rgb), np.ascontiguousarray(semantic), np.ascontiguousarray(instances),
+                coordinates)
 
     def _jitter(self, rgb: np.ndarray) -> np.ndarray:
         b, c, s = (1 + self.rng.uniform(-self.jitter, self.jitter, 3)).astype(np.float32)

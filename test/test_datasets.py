@@ -9,6 +9,7 @@ import torch
 
 from panoptic_ros.classes import CAMVID, CITYSCAPES
 from panoptic_ros.datasets import CamVid, Cityscapes
+from panoptic_ros.models.panonet import coordinate_channels
 from panoptic_ros.transforms import IGNORE_LABEL, NO_INSTANCE, TrainAugment, normalize_image
 
 
@@ -81,7 +82,7 @@ def test_augment_keeps_image_and_labels_aligned():
     rgb = np.stack([semantic * 20, semantic * 0, semantic * 0], axis=2).astype(np.uint8)
     augment = TrainAugment(crop=(32, 48), scale=(0.5, 2.0), jitter=0.0, seed=1)
     for _ in range(20):
-        out_rgb, out_sem, out_inst = augment(rgb, semantic, instances)
+        out_rgb, out_sem, out_inst, _ = augment(rgb, semantic, instances)
         assert out_rgb.shape == (32, 48, 3) and out_sem.shape == (32, 48) and out_inst.shape == (32, 48)
         labelled = out_sem != IGNORE_LABEL
         # nearest-neighbour labels; bilinear image: compare where the label's 3x3 neighbourhood is uniform
@@ -93,6 +94,45 @@ def test_augment_keeps_image_and_labels_aligned():
         assert np.abs(out_rgb[..., 0][uniform].astype(int) - out_sem[uniform].astype(int) * 20).max(initial=0) <= 1
         assert set(np.unique(out_inst)) <= {-1, 0, 1, 2, 3}
         assert (out_inst[~labelled] == NO_INSTANCE).all() or labelled.all()
+
+
+def test_augment_coordinates_are_those_of_the_whole_scaled_image():
+    """PanoNet Sec. III-A: a crop's CoordConv channels are the full image's, cut with it. Per-crop coordinates
+    (always -1..1 over the crop) or a flip that reverses x fail this."""
+    h, w = 40, 60
+    # The image carries each pixel's column and row, so the crop shows where it came from.
+    cols, rows = np.meshgrid(np.arange(w), np.arange(h))
+    rgb = np.stack([cols * 4, rows * 6, np.zeros_like(cols)], axis=2).astype(np.uint8)
+    semantic = np.zeros((h, w), np.uint8)
+    augment = TrainAugment(crop=(20, 30), scale=(2.0, 2.0), jitter=0.0, seed=3)
+    seen = set()
+    for _ in range(12):
+        out_rgb, _, _, coords = augment(rgb, semantic, np.full((h, w), -1, np.int32))
+        assert coords.shape == (2, 20, 30) and coords.dtype == torch.float32
+        xs, ys = coords[0, 0].numpy(), coords[1, :, 0].numpy()
+        step = 2.0 / (2 * w)  # one pixel of the 120-pixel-wide scaled image
+        assert np.allclose(np.diff(xs), step) and np.allclose(np.diff(ys), 2.0 / (2 * h))  # x grows left to right
+        assert -1 <= xs.min() and xs.max() <= 1 and xs.max() - xs.min() < 0.5  # a quarter of the width, not -1..1
+        # The column the crop's pixels came from, read from the image, maps to the coordinates given.
+        source_col = out_rgb[10, :, 0] / 4.0  # original column of each crop pixel (bilinear: within half a pixel)
+        expected = (source_col + 0.5) * (2.0 / w) - 1.0
+        flipped = bool(source_col[0] > source_col[-1])
+        if flipped:
+            expected = -expected  # in the mirrored image, column c of the original sits at w - 1 - c
+        seen.add(flipped)
+        assert np.abs(xs - expected).max() < 2.5 * step
+        source_row = out_rgb[:, 15, 1] / 6.0
+        assert np.abs(ys - ((source_row + 0.5) * (2.0 / h) - 1.0)).max() < 2.5 / (2 * h)
+    assert seen == {False, True}
+
+
+def test_preloaded_dataset_gives_the_same_items_with_full_image_coordinates(toy_camvid):
+    lazy, preloaded = CamVid(toy_camvid, "train"), CamVid(toy_camvid, "train", preload=True)
+    for a, b in zip(lazy, preloaded):
+        for key in ("image", "semantic", "instances", "coordinates"):
+            assert torch.equal(a[key], b[key])
+    grid = preloaded[0]["coordinates"]
+    assert grid.shape == (2, 64, 96) and torch.allclose(grid, coordinate_channels(1, 64, 96)[0], atol=1e-6)
 
 
 def test_normalize_image_rejects_wrong_input():

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from panoptic_ros.losses import (
     CascadeCrossEntropy,
     DiscriminativeLoss,
+    bootstrapped_pixels,
     cascade_cross_entropy,
     cascade_discriminative_loss,
     discriminative_loss,
@@ -145,6 +146,42 @@ def test_cascade_cross_entropy_is_the_weighted_sum_over_downsampled_targets():
     assert weighted.item() == pytest.approx(expected_w.item(), rel=1e-6)
     module = CascadeCrossEntropy(ignore_index=255, class_weights=weights)
     assert module(logits, target).item() == pytest.approx(weighted.item(), rel=1e-6)
+
+
+def test_bootstrapping_keeps_hard_pixels_as_bridging_eq1():
+    """Bridging paper Eq. 1: only pixels with p_true < t count; a crop keeps at least its hardest min_kept share."""
+    # One crop of 4 pixels whose true-class probabilities are 0.9, 0.6, 0.3 and 0.1 (2 classes), one ignored.
+    p = torch.tensor([0.9, 0.6, 0.3, 0.1, 0.5])
+    logits = torch.stack([torch.log(p), torch.log(1 - p)]).reshape(1, 2, 1, 5)
+    target = torch.tensor([[[0, 0, 0, 0, 255]]])
+    ce = -torch.log(p[:4])
+    one = (1.0,)
+    plain = cascade_cross_entropy([logits], target, one, ignore_index=255)
+    assert plain.item() == pytest.approx(ce.mean().item(), rel=1e-5)
+    t07 = cascade_cross_entropy([logits], target, one, ignore_index=255, bootstrap_threshold=0.7)
+    assert t07.item() == pytest.approx(ce[1:].mean().item(), rel=1e-5)  # 0.9 is easy
+    t05 = cascade_cross_entropy([logits], target, one, ignore_index=255, bootstrap_threshold=0.5)
+    assert t05.item() == pytest.approx(ce[2:].mean().item(), rel=1e-5)
+    # Threshold 0.2 keeps one pixel; min_kept 0.5 of the 4 labelled keeps the two hardest instead.
+    kept = cascade_cross_entropy([logits], target, one, ignore_index=255, bootstrap_threshold=0.2,
+                                 bootstrap_min_kept=0.5)
+    assert kept.item() == pytest.approx(ce[2:].mean().item(), rel=1e-5)
+    keep = bootstrapped_pixels(ce.reshape(1, 1, 4), torch.ones(1, 1, 4, dtype=torch.bool), 0.2, 0.0)
+    assert keep.flatten().tolist() == [False, False, False, True]
+    # Class weights weigh the kept pixels only.
+    weights = torch.tensor([2.0, 1.0])
+    weighted = cascade_cross_entropy([logits], target, one, ignore_index=255, class_weights=weights,
+                                     bootstrap_threshold=0.7)
+    assert weighted.item() == pytest.approx(ce[1:].mean().item(), rel=1e-5)
+
+
+def test_bootstrapping_min_kept_counts_per_crop():
+    loss = torch.tensor([[[3.0, 2.0, 0.01, 0.01]], [[0.01, 0.02, 0.03, 0.04]]])
+    valid = torch.ones_like(loss, dtype=torch.bool)
+    keep = bootstrapped_pixels(loss, valid, threshold=0.5, min_kept=0.5)
+    # crop 0 has two hard pixels (p < 0.5) already; crop 1 has none and keeps its two hardest
+    assert keep[0].flatten().tolist() == [True, True, False, False]
+    assert keep[1].flatten().tolist() == [False, False, True, True]
 
 
 def test_cascade_cross_entropy_all_ignored_is_zero_not_nan():

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from panoptic_ros.classes import CAMVID
+from panoptic_ros.classes import CAMVID, CITYSCAPES
 from panoptic_ros.config import ConfigError, PostprocessConfig
 from panoptic_ros.node_config import (
     NodeConfig,
@@ -44,6 +44,14 @@ def test_shipped_params_files_name_only_node_parameters(name):
     assert set(params) <= known, set(params) - known
     config = node_config_from_parameters(params)
     assert config.mode == name.split(".")[0]
+
+
+@pytest.mark.parametrize("table", [CAMVID, CITYSCAPES])
+def test_fast_yaml_serves_any_class_table_with_bandwidths_from_the_weights(table):
+    """fast.yaml names no class: a Cityscapes model configures with it, each bandwidth taken from its weights."""
+    config = node_config_from_parameters(params_file("fast.yaml"))
+    weights = PostprocessConfig(bandwidths={c: 0.5 + 0.1 * k for k, c in enumerate(table.thing_ids)})
+    assert config.postprocess(weights, table).bandwidths == weights.bandwidths
 
 
 def test_fast_yaml_states_every_parameter():

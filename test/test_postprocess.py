@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.cluster import MeanShift
 from sklearn.metrics import adjusted_rand_score
 
@@ -11,7 +12,9 @@ from panoptic_ros.postprocess import (
     INSTANCE_OFFSET,
     VOID_ID,
     cluster_embeddings,
+    assign_thing_pixels,
     cluster_instances,
+    coarse_cell_index,
     mean_shift,
     merge_panoptic,
 )
@@ -226,3 +229,53 @@ def test_merge_rejects_thing_class_zero_and_bad_instances():
         merge_panoptic(semantic, instances, [8, 9], CAMVID)
     with pytest.raises(ValueError, match="instance_scores"):
         merge_panoptic(semantic, instances, [8, 9, 8], CAMVID, instance_scores=[1.0])
+
+
+def test_coarse_cell_index_is_nearest_exact():
+    for size, coarse in ((8, 2), (10, 3), (7, 7), (5, 9)):
+        ref = F.interpolate(torch.arange(coarse, dtype=torch.float32)[None, None, None], size=(1, size),
+                            mode="nearest-exact")[0, 0, 0].long()
+        assert torch.equal(coarse_cell_index(size, coarse), ref)
+
+
+def test_thing_pixels_join_the_nearest_instance_of_their_class_without_void_rims():
+    """A full-resolution car rim outside its coarse cells joins that car; a pedestrian pixel never joins a car."""
+    coarse = torch.full((4, 4), -1)
+    coarse[1:3, 0:2] = 0  # car instance 0
+    coarse[0, 3] = 1      # pedestrian instance 1
+    classes = torch.tensor([8, 9])
+    semantic = torch.full((8, 8), 3)  # road
+    semantic[2:6, 0:5] = 8  # the car, one fine column wider than its coarse cells (column 4 is coarse column 2)
+    semantic[0:2, 6:8] = 9  # the pedestrian's cell
+    semantic[7, 0] = 9      # a pedestrian pixel next to the car, far from the pedestrian instance
+    ids, out_classes = assign_thing_pixels(semantic, coarse, classes, (8, 9, 10), max_distance=2, min_new_area=1)
+    assert (ids[2:6, 0:5] == 0).all()  # the rim column 4 (coarse column 2, no instance there) joins the car
+    assert (ids[0:2, 6:8] == 1).all()
+    assert ids[7, 0] == 2 and out_classes.tolist() == [8, 9, 9]  # too far (3 cells): a new pedestrian
+    assert (ids[semantic == 3] == -1).all()
+    # with a minimum area it stays without an instance (void in the panoptic map)
+    ids, out_classes = assign_thing_pixels(semantic, coarse, classes, (8, 9, 10), max_distance=2, min_new_area=2)
+    assert ids[7, 0] == -1 and out_classes.tolist() == [8, 9]
+    # growing by one cell only: column 4 is one cell from the car's cells, so it still joins
+    ids, _ = assign_thing_pixels(semantic, coarse, classes, (8, 9, 10), max_distance=1, min_new_area=100)
+    assert (ids[2:6, 4] == 0).all()
+    ids, _ = assign_thing_pixels(semantic, coarse, classes, (8, 9, 10), max_distance=0, min_new_area=100)
+    assert (ids[2:6, 4] == -1).all() and (ids[2:6, 0:4] == 0).all()
+
+
+def test_thing_pixels_take_the_instance_of_their_own_cell_first_and_ties_go_to_the_higher_index():
+    coarse = torch.tensor([[0, -1, 1]])
+    semantic = torch.full((1, 3), 8)
+    ids, _ = assign_thing_pixels(semantic, coarse, torch.tensor([8, 8]), (8,), max_distance=1)
+    assert ids.tolist() == [[0, 1, 1]]  # the middle cell is one step from both: the higher index
+    # a cell whose instance is of another class does not claim the pixel
+    ids, classes = assign_thing_pixels(semantic, coarse, torch.tensor([9, 8]), (8, 9), max_distance=0)
+    assert ids.tolist() == [[2, 2, 1]] and classes.tolist() == [9, 8, 8]
+
+
+def test_assign_thing_pixels_empty_image_and_no_things():
+    empty = torch.full((4, 6), 3)
+    ids, classes = assign_thing_pixels(empty, torch.full((1, 2), -1), torch.zeros(0, dtype=torch.int64), (8, 9))
+    assert (ids == -1).all() and classes.numel() == 0
+    ids, _ = assign_thing_pixels(empty, torch.full((1, 2), -1), torch.zeros(0, dtype=torch.int64), ())
+    assert (ids == -1).all()

@@ -1,13 +1,16 @@
 """A tiny training run on generated data lowers the loss, resumes from its checkpoint and exports loadable weights."""
 
 import json
+import math
 
 import pytest
 import torch
 
 from panoptic_ros.checkpoint import load_model
 from panoptic_ros.config import config_from_dict
-from panoptic_ros.train import train
+from panoptic_ros.models import build_model
+from panoptic_ros.models.panonet import coordinate_channels
+from panoptic_ros.train import forward_batch, poly_schedule, train
 
 
 def config(root, epochs):
@@ -62,3 +65,63 @@ def test_torchrun_trains_with_two_processes(toy_camvid, tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1]  # one log line: only rank 0 writes
     assert (out / "weights.safetensors").exists() and (out / "last.pt").exists()
+
+
+def test_poly_schedule_restarts_at_the_coordinate_switch():
+    """Sec. III-C: the stage with coordinates starts its own learning-rate decay."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = poly_schedule(opt, total_steps=10, power=1.0, restart_step=4)
+    rates = []
+    for _ in range(10):
+        rates.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert rates == pytest.approx([1.0, 0.75, 0.5, 0.25, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+    plain = poly_schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), 10, 1.0, restart_step=0)
+    assert plain.lr_lambdas[0](4) == pytest.approx(0.6)
+
+
+def test_forward_batch_gives_the_network_the_crops_coordinates():
+    cfg = config("unused", epochs=2)
+    model = build_model("panonet", **cfg.model.kwargs()).eval()
+    with torch.no_grad():
+        model.instance_encoder.stem[0][0].weight[:, 3:].fill_(1.0)
+    images = torch.randn(1, 3, 32, 48)
+    crop = coordinate_channels(1, 32, 48) * 0.25 + 0.5  # a crop of the right half, as TrainAugment gives
+    out = forward_batch(model, {"image": images, "coordinates": crop}, cfg)
+    assert torch.allclose(out["embedding"], model(images, crop)["embedding"])
+    assert not torch.allclose(out["embedding"], model(images)["embedding"])
+
+
+def test_semantic_stage_then_instance_stage_from_it(toy_camvid, tmp_path):
+    """The schedule of Sec. III-C through the CLI's train(): a semantic-only run, then --init from its weights."""
+    semantic_cfg = config(toy_camvid, epochs=2)
+    semantic_cfg.train.semantic_only = True
+    semantic_cfg.train.coordinate_epoch = 0
+    train(semantic_cfg, tmp_path / "semantic")
+    log = [json.loads(line) for line in (tmp_path / "semantic" / "log.jsonl").read_text().splitlines()]
+    assert "loss_instance" not in log[0] and log[-1]["loss_semantic"] < log[0]["loss_semantic"]
+    stage_one, _, _, info = load_model(tmp_path / "semantic" / "weights.safetensors")
+    assert info["semantic_only"] is True
+
+    train(config(toy_camvid, epochs=3), tmp_path / "instance", init=tmp_path / "semantic" / "weights.safetensors")
+    model, _, _, info = load_model(tmp_path / "instance" / "weights.safetensors")
+    assert info["semantic_only"] is False and bool(model.use_coordinates)
+    without, _, _, info = load_model(tmp_path / "instance" / "weights_without_coordinates.safetensors")
+    assert info["epochs"] == 2 and not bool(without.use_coordinates)  # the stage before the switch, for Fig. 5
+    first = json.loads((tmp_path / "instance" / "log.jsonl").read_text().splitlines()[0])
+    assert first["loss_semantic"] < log[0]["loss_semantic"]  # the semantic branch kept its training
+    # the instance encoder was copied from the semantic one before training moved it: its RGB filters correlate
+    a = stage_one.semantic_encoder.stem[0][0].weight.flatten()
+    b = model.instance_encoder.stem[0][0].weight[:, :3].flatten()
+    assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9
+
+
+def test_bf16_autocast_trains(toy_camvid, tmp_path):
+    cfg = config(toy_camvid, epochs=2)
+    cfg.train.epochs = 1
+    cfg.train.coordinate_epoch = 1
+    cfg.train.precision = "bf16"
+    train(cfg, tmp_path / "bf16")
+    record = json.loads((tmp_path / "bf16" / "log.jsonl").read_text())
+    assert record["precision"] == "bf16" and math.isfinite(record["loss_total"]) and record["val_miou"] >= 0

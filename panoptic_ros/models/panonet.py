@@ -4,9 +4,12 @@ instance embedding from two ICNet branches, with no detector.
 * Semantic branch: ICNet on RGB, K class logits (Sec. III-A).
 * Instance branch: ICNet on RGB + two CoordConv channels (normalised x and y in [-1, 1], left/top = -1,
   Liu et al. 2018), producing a 12-channel embedding trained with the discriminative loss (Sec. III-B, III-C).
+* The coordinates are those of the whole image (Sec. III-A); a training crop passes its own, cut from the full
+  (scaled) image's (``transforms.TrainAugment``), so training and full-frame inference agree on their scale.
 * ``use_coordinates=False`` feeds zeros in place of the coordinate channels: the first stage of the paper's
   two-stage schedule (Sec. III-C). Switching it on later starts from exactly the stage-one function, because
   the input weights of the coordinate channels start at zero.
+* ``instance=False`` runs the semantic branch alone (the semantic pre-training that Sec. III-C starts from).
 * ``share_encoder=True`` is the shared-weights variant of Sec. IV-e: one encoder (on RGB + coordinates) and a
   decoder per task ("shared weights except for the final three layers": the two CFF units and the head).
 
@@ -63,15 +66,43 @@ class PanoNet(nn.Module):
         """Stage one of Sec. III-C trains with ``False``; stage two switches the coordinates on."""
         self.use_coordinates.fill_(enabled)
 
-    def forward(self, images: Tensor) -> dict[str, Tensor | list[Tensor]]:
-        """images: [B, 3, H, W] normalised RGB."""
+    def forward(self, images: Tensor, coordinates: Tensor | None = None,
+                instance: bool = True) -> dict[str, Tensor | list[Tensor]]:
+        """images: [B, 3, H, W] normalised RGB; coordinates: [B, 2, H, W] CoordConv channels of these pixels in
+        full-image terms (default: the images are whole frames, ``coordinate_channels``)."""
         b, _, h, w = images.shape
-        coords = coordinate_channels(b, h, w, images.device, images.dtype) * self.use_coordinates.to(images.dtype)
-        instance_features = self.instance_encoder(torch.cat([images, coords], dim=1))
+        if coordinates is None:
+            coordinates = coordinate_channels(b, h, w, images.device, images.dtype)
+        elif coordinates.shape != (b, 2, h, w):
+            raise ValueError(f"coordinates must be [B, 2, H, W] = {(b, 2, h, w)}, got {tuple(coordinates.shape)}")
+        out: dict[str, Tensor | list[Tensor]] = {}
+        instance_features = None
+        if instance or self.semantic_encoder is None:
+            coords = coordinates.to(images.dtype) * self.use_coordinates.to(images.dtype)
+            instance_features = self.instance_encoder(torch.cat([images, coords], dim=1))
         semantic_features = instance_features if self.semantic_encoder is None else self.semantic_encoder(images)
-        semantic, semantic_guidance = self.semantic_decoder(semantic_features)
-        embedding, embedding_guidance = self.embedding_decoder(instance_features)
-        out = {"semantic": semantic, "embedding": embedding}
+        out["semantic"], semantic_guidance = self.semantic_decoder(semantic_features)
         if self.training:
-            out.update(semantic_guidance=semantic_guidance, embedding_guidance=embedding_guidance)
+            out["semantic_guidance"] = semantic_guidance
+        if instance:
+            out["embedding"], embedding_guidance = self.embedding_decoder(instance_features)
+            if self.training:
+                out["embedding_guidance"] = embedding_guidance
         return out
+
+    def init_instance_from_semantic(self) -> None:
+        """Sec. III-C: the instance branch starts from the trained semantic branch. The semantic encoder's
+        parameters and statistics are copied into the instance encoder (the coordinate input weights stay zero),
+        and the embedding decoder (the branch's last layers) is re-initialised. With a shared encoder only the
+        decoder is re-initialised."""
+        if self.semantic_encoder is not None:
+            target = self.instance_encoder.state_dict()
+            with torch.no_grad():
+                for key, value in self.semantic_encoder.state_dict().items():
+                    if target[key].shape == value.shape:
+                        target[key].copy_(value)
+                    else:  # first convolutions: RGB columns copied, coordinate columns zero
+                        target[key].zero_()[:, :value.shape[1]].copy_(value)
+        for module in self.embedding_decoder.modules():
+            if module is not self.embedding_decoder and hasattr(module, "reset_parameters"):
+                module.reset_parameters()

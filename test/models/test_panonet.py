@@ -61,3 +61,50 @@ def test_build_model_rejects_unknown_architectures():
     assert isinstance(build_model("panonet", num_classes=2, width=0.125, depths=(1, 1, 1, 1)), PanoNet)
     with pytest.raises(ValueError, match="unknown architecture 'icnet2'"):
         build_model("icnet2")
+
+
+def test_explicit_coordinates_reach_the_instance_branch_only():
+    """Training crops pass their full-image coordinates (Sec. III-A); the default is the whole frame's."""
+    torch.manual_seed(0)
+    model = PanoNet(num_classes=3, width=0.125, depths=(1, 1, 1, 1)).eval()
+    with torch.no_grad():
+        model.instance_encoder.stem[0][0].weight[:, 3:].fill_(0.5)
+    images = torch.randn(1, 3, 32, 48)
+    default = model(images)
+    assert torch.equal(model(images, coordinate_channels(1, 32, 48))["embedding"], default["embedding"])
+    shifted = model(images, coordinate_channels(1, 32, 48) * 0.25 + 0.5)
+    assert not torch.allclose(shifted["embedding"], default["embedding"])
+    assert torch.equal(shifted["semantic"], default["semantic"])
+    with pytest.raises(ValueError, match="coordinates must be"):
+        model(images, coordinate_channels(1, 16, 48))
+
+
+def test_semantic_only_forward_skips_the_instance_branch():
+    model = PanoNet(num_classes=3, width=0.125, depths=(1, 1, 1, 1)).train()
+    out = model(torch.randn(2, 3, 32, 48), instance=False)
+    assert set(out) == {"semantic", "semantic_guidance"}
+    out["semantic"].mean().backward()
+    assert all(p.grad is None for p in model.instance_encoder.parameters())
+
+
+@pytest.mark.parametrize("share_encoder", [False, True])
+def test_instance_branch_starts_from_the_semantic_encoder(share_encoder):
+    """Sec. III-C: the instance encoder takes the trained semantic encoder's parameters (coordinate input weights
+    zero) and the embedding decoder is re-initialised."""
+    torch.manual_seed(0)
+    model = PanoNet(num_classes=3, width=0.125, depths=(1, 1, 1, 1), share_encoder=share_encoder)
+    semantic = model.semantic_encoder or model.instance_encoder
+    with torch.no_grad():
+        for p in semantic.parameters():
+            p.add_(1.0)
+        for p in model.embedding_decoder.parameters():
+            p.fill_(7.0)
+    trained_head = model.semantic_decoder.head.weight.clone()
+    model.init_instance_from_semantic()
+    for (name, a), b in zip(semantic.state_dict().items(), model.instance_encoder.state_dict().values()):
+        if a.shape == b.shape:
+            assert torch.equal(a, b), name
+        else:
+            assert torch.equal(b[:, :3], a) and not b[:, 3:].any(), name
+    assert not any(bool((p == 7.0).all()) for p in model.embedding_decoder.parameters())
+    assert torch.equal(model.semantic_decoder.head.weight, trained_head)
