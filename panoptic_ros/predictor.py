@@ -133,14 +133,16 @@ class Predictor:
     @torch.inference_mode()
     def run_network(self, rgb: np.ndarray, scale: float | None = None) -> NetworkOutput:
         """Preprocess and run the network; outputs stay at 1/4 of the network input."""
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 8:
-            raise ValueError(f"expected a uint8 RGB image [H, W, 3] of at least 8 x 8, got {rgb.dtype} {rgb.shape}")
+        least = self.model.min_input_size
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < least:
+            raise ValueError(f"expected a uint8 RGB image [H, W, 3] of at least {least} x {least} (the network's "
+                             f"smallest input), got {rgb.dtype} {rgb.shape}")
         timings = {}
         clock = time.perf_counter()
         height, width = rgb.shape[:2]
         scale = self.scale if scale is None else scale
-        if scale != 1.0:
-            size = (max(8, round(width * scale)), max(8, round(height * scale)))
+        if scale != 1.0:  # never below the network's smallest input
+            size = (max(least, round(width * scale)), max(least, round(height * scale)))
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         images = normalize_image(rgb)[None].to(self.device, self.dtype)
         clock = self._lap(timings, "preprocess", clock)

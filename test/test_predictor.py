@@ -61,6 +61,18 @@ def test_bad_images_raise_a_clear_error(predictor, bad):
         predictor(bad)
 
 
+@pytest.mark.parametrize("size", [(17, 64), (64, 17), (8, 8), (16, 64)])
+def test_images_below_the_network_minimum_name_it(predictor, size):
+    """ICNet needs 18 pixels per side; smaller inputs used to fail inside it ("sizes should be greater than 0")."""
+    with pytest.raises(ValueError, match="at least 18 x 18"):
+        predictor(image(*size))
+
+
+def test_smallest_images_run_and_a_downscale_stops_at_the_minimum(predictor):
+    assert predictor(image(18, 18)).panoptic.shape == (18, 18)
+    assert predictor(image(18, 64), scale=0.25).panoptic.shape == (18, 64)  # network input 18 x 18, not 4 x 16
+
+
 def test_from_weights_and_bad_options(tmp_path):
     cfg = config_from_dict({"model": {"num_classes": 11, "width": 0.125, "depths": [1, 1, 1, 1]}})
     path = save_weights(build_model("panonet", **cfg.model.kwargs()), cfg, tmp_path / "w.safetensors")

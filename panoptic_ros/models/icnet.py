@@ -74,7 +74,13 @@ class CascadeFeatureFusion(nn.Module):
 
 
 class ICNetEncoder(nn.Module):
-    """The three-resolution trunk: returns features at 1/8 (full-res branch), 1/16 and 1/32 of the input."""
+    """The three-resolution trunk: returns features at 1/8 (full-res branch), 1/16 and 1/32 of the input.
+
+    Inputs need at least ``MIN_INPUT_SIZE`` pixels per side: the 1/2 image goes through three stride-2 steps
+    (ceil each) to 1/16, which must keep 2 pixels for the 1/32 branch (floor(n / 2) >= 9, so n >= 18).
+    """
+
+    MIN_INPUT_SIZE = 18
 
     def __init__(self, in_channels: int = 3, width: float = 1.0, depths: tuple[int, int, int, int] = (3, 4, 6, 3)):
         super().__init__()

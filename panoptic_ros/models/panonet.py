@@ -62,6 +62,11 @@ class PanoNet(nn.Module):
             for conv in (self.instance_encoder.sub1[0][0], self.instance_encoder.stem[0][0]):
                 conv.weight[:, 3:].zero_()
 
+    @property
+    def min_input_size(self) -> int:
+        """Smallest height and width the network accepts."""
+        return self.instance_encoder.MIN_INPUT_SIZE
+
     def set_use_coordinates(self, enabled: bool) -> None:
         """Stage one of Sec. III-C trains with ``False``; stage two switches the coordinates on."""
         self.use_coordinates.fill_(enabled)
