@@ -149,10 +149,11 @@ class _PointIndex:
         n_groups = int(group_of_cell.max()) + 1
         self.sums = x.new_zeros(n_groups, x.shape[1] + 1).index_add_(0, group_of_cell, sums)  # [G, E + 1]
         self.centres = self.sums[:, :-1] / self.sums[:, -1:]
-        # A group's points lie within its cells' spheres, so this bounds their distance to the group's centre.
-        self.radii = x.new_zeros(n_groups).scatter_reduce_(
-            0, group_of_cell, torch.linalg.vector_norm(centres - self.centres[group_of_cell], dim=1) + radii, "amax")
         group = group_of_cell[cell_of_point]
+        # The exact radius (farthest point from the group's centre), not a bound from the cells' spheres: after the
+        # first climbing step most means lie close enough to a group's centre for its ball to hold it whole.
+        self.radii = x.new_zeros(n_groups).scatter_reduce_(
+            0, group, (x - self.centres[group]).square().sum(1), "amax").sqrt()
         order = torch.argsort(group, stable=True)
         self.points = torch.cat([x[order], x.new_ones(len(x), 1)], 1)  # [N, E + 1]: the ones column counts
         self.sq_norms = self.points[:, :-1].square().sum(1)
