@@ -25,6 +25,7 @@ bench: setup
 	$(PY) -m benchmarks.panonet
 	$(PY) -m benchmarks.replay
 	$(PY) -m benchmarks.node
+	$(PY) -m benchmarks.mirror $(if $(wildcard ../shared/datasets/camvid),--root ../shared/datasets/camvid --split val)
 
 # The ROS 2 workspace route, with the venv's ros-* wheels as underlay (in a real workspace, source
 # /opt/ros/<distro>/setup.bash instead). colcon builds from CMakeLists.txt; setup.py builds only the op there.

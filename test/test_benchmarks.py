@@ -10,11 +10,11 @@ from panoptic_ros.predictor import DEFAULT_WEIGHTS
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["imp", "panonet", "clustering", "replay", "node"])
+@pytest.mark.parametrize("name", ["imp", "panonet", "clustering", "replay", "node", "mirror"])
 def test_benchmark_writes_its_results(name, tmp_path, monkeypatch):
     if name == "imp" and not extension_available():
         pytest.skip("IMP extension not built")
-    if name in ("panonet", "replay") and not DEFAULT_WEIGHTS.exists():
+    if name in ("panonet", "replay", "mirror") and not DEFAULT_WEIGHTS.exists():
         pytest.skip("no shipped weights")
     module = __import__(f"benchmarks.{name}", fromlist=["main"])
     monkeypatch.setenv("PANOPTIC_ROS_BENCH_DIR", str(tmp_path))
