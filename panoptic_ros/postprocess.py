@@ -19,6 +19,7 @@ VOID_ID = -1  # msg/PanopticSegmentation.msg VOID_ID
 INSTANCE_OFFSET = 1000  # msg/PanopticSegmentation.msg INSTANCE_OFFSET: thing id = class_id * 1000 + k
 
 _CHUNK_ELEMENTS = 1 << 18  # seeds x points distances held at once: 2 MiB in float64 stays in L2 cache
+_DENSE_PAIRS = 1 << 18  # up to this many seeds x points, mean shift scans every point (``_DensePoints``)
 
 
 @dataclass
@@ -96,7 +97,10 @@ def mean_shift(points: Tensor, bandwidth: float, *, max_iter: int = 300) -> Mean
 
     origin = x.mean(0)  # translation does not change mean shift; small magnitudes keep the expansion accurate
     x = x - origin
-    index = _PointIndex(x, cell_of_point, n_cells, bandwidth)
+    if n * len(seeds) <= _DENSE_PAIRS:
+        index = _DensePoints(x)
+    else:
+        index = _PointIndex(x, cell_of_point, n_cells, bandwidth)
     centres, counts = _climb(index, seeds - origin, bandwidth, max_iter)
     if not bool((counts > 0).any()):
         centres, counts = _climb(index, x, bandwidth, max_iter)
@@ -129,6 +133,21 @@ def mean_shift(points: Tensor, bandwidth: float, *, max_iter: int = 300) -> Mean
     for s in range(0, n, step):
         labels[s:s + step] = _sq_distances(x[s:s + step], shifted).argmin(1)
     return MeanShiftResult(labels, centres, counts)
+
+
+class _DensePoints:
+    """Ball sums over all points at once, for small problems (seeds x points <= ``_DENSE_PAIRS``), where building a
+    ``_PointIndex`` costs more than it prunes. Same within-ball test as ``_PointIndex.ball_sums``."""
+
+    def __init__(self, x: Tensor):
+        self.points = torch.cat([x, x.new_ones(len(x), 1)], 1)  # [N, E + 1]: the ones column counts
+        self.sq_norms = x.square().sum(1)
+
+    def ball_sums(self, means: Tensor, bandwidth: float) -> Tensor:
+        """[U, E] means -> [U, E + 1]: sum of the points within ``bandwidth`` of each mean, and their count."""
+        threshold = (bandwidth * bandwidth - (means * means).sum(1))[:, None]
+        t = torch.addmm(self.sq_norms[None], means, self.points[:, :-1].t(), alpha=-2.0)
+        return torch.le(t, threshold, out=t) @ self.points
 
 
 class _PointIndex:

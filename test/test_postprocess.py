@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from sklearn.cluster import MeanShift
 from sklearn.metrics import adjusted_rand_score
 
+from panoptic_ros import postprocess
 from panoptic_ros.classes import CAMVID, ClassInfo, ClassTable
 from panoptic_ros.postprocess import (
     INSTANCE_OFFSET,
@@ -33,6 +34,14 @@ def blobs(sizes, std=0.06, separation=2.0, dim=12, seed=0):
     return points[rng.permutation(len(points))]
 
 
+@pytest.fixture(params=["dense", "indexed"])
+def ball_sums_path(request, monkeypatch):
+    """Runs a test through each way of summing points within a ball: every point (small problems) and the
+    pruned group index (large ones)."""
+    monkeypatch.setattr(postprocess, "_DENSE_PAIRS", 1 << 40 if request.param == "dense" else 0)
+    return request.param
+
+
 def sklearn_labels(points, bandwidth):
     return MeanShift(bandwidth=bandwidth, bin_seeding=True, min_bin_freq=1, cluster_all=True).fit(points).labels_
 
@@ -44,7 +53,7 @@ def sklearn_labels(points, bandwidth):
     ((200, 900, 60, 310, 75, 1500, 40, 500), 0.6, 3),
     ((500,) * 8, 0.3, 4),
 ])
-def test_same_labels_as_sklearn_on_separated_blobs(sizes, bandwidth, seed):
+def test_same_labels_as_sklearn_on_separated_blobs(sizes, bandwidth, seed, ball_sums_path):
     points = blobs(sizes, seed=seed)
     expected = sklearn_labels(points, bandwidth)
     labels = cluster_embeddings(torch.from_numpy(points), bandwidth)
@@ -56,7 +65,7 @@ def test_same_labels_as_sklearn_on_separated_blobs(sizes, bandwidth, seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_overlapping_blobs_give_sklearns_partition_too(seed):
+def test_overlapping_blobs_give_sklearns_partition_too(seed, ball_sums_path):
     # Four blobs whose spread (0.15 per dimension) is comparable to their separation: sklearn finds 20-30
     # modes here. Our labels are identical, including the numbering.
     rng = np.random.default_rng(seed)
@@ -68,7 +77,7 @@ def test_overlapping_blobs_give_sklearns_partition_too(seed):
     assert np.array_equal(labels, expected)
 
 
-def test_centres_and_counts_match_sklearn():
+def test_centres_and_counts_match_sklearn(ball_sums_path):
     points = blobs((300, 500, 200), seed=5)
     ms = MeanShift(bandwidth=0.5, bin_seeding=True).fit(points)
     result = mean_shift(torch.from_numpy(points), 0.5)
@@ -76,7 +85,7 @@ def test_centres_and_counts_match_sklearn():
     assert result.intensities.tolist() == sorted(result.intensities.tolist(), reverse=True)
 
 
-def test_float32_input_and_degenerate_sizes():
+def test_float32_input_and_degenerate_sizes(ball_sums_path):
     points = blobs((200, 300), seed=6)
     expected = sklearn_labels(points, 0.5)
     assert np.array_equal(cluster_embeddings(torch.from_numpy(points).float(), 0.5).numpy(),
@@ -88,7 +97,7 @@ def test_float32_input_and_degenerate_sizes():
     assert cluster_embeddings(torch.full((50, 12), 0.3), 0.5).tolist() == [0] * 50
 
 
-def test_every_point_its_own_cell_uses_points_as_seeds_like_sklearn():
+def test_every_point_its_own_cell_uses_points_as_seeds_like_sklearn(ball_sums_path):
     points = np.eye(12) * 0.4 + 0.2  # 12 points 0.57 apart, bandwidth 0.1: 12 clusters
     with pytest.warns(UserWarning, match="Binning data failed"):
         expected = sklearn_labels(points, 0.1)
