@@ -11,6 +11,8 @@ import torch
 # ImageNet statistics, the usual normalisation of ResNet trunks (RGB, 0..1 scale).
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
+_SCALE = (1.0 / (255.0 * STD)).astype(np.float32)
+_OFFSET = (MEAN / STD).astype(np.float32)
 IGNORE_LABEL = 255  # semantic pixels without a label (void) in training targets
 NO_INSTANCE = -1  # instance-id pixels that belong to no thing instance
 
@@ -30,7 +32,9 @@ def normalize_image(rgb: np.ndarray) -> torch.Tensor:
     """uint8 RGB [H, W, 3] -> float32 [3, H, W], ImageNet-normalised."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected a uint8 RGB image [H, W, 3], got {rgb.dtype} {rgb.shape}")
-    x = (rgb.astype(np.float32) / 255.0 - MEAN) / STD
+    x = rgb.astype(np.float32)
+    x *= _SCALE  # (x / 255 - MEAN) / STD as one multiply and one subtraction, in place
+    x -= _OFFSET
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
@@ -82,9 +86,11 @@ class TrainAugment:
                 coordinates)
 
     def _jitter(self, rgb: np.ndarray) -> np.ndarray:
-        b, c, s = (1 + self.rng.uniform(-self.jitter, self.jitter, 3)).astype(np.float32)
-        x = rgb.astype(np.float32) * b
-        x = (x - x.mean()) * c + x.mean()
-        gray = x.mean(axis=2, keepdims=True)
-        x = (x - gray) * s + gray
-        return np.clip(x, 0, 255).astype(np.uint8)
+        """Brightness b (x * b), contrast c about the image mean, saturation s about each pixel's channel mean, in
+        uint8 OpenCV operations: brightness and contrast are one lookup table, saturation one weighted sum."""
+        b, c, s = 1 + self.rng.uniform(-self.jitter, self.jitter, 3)
+        mean = b * float(np.mean(cv2.mean(rgb)[:3]))
+        lut = np.clip(np.arange(256) * b * c + mean * (1 - c), 0, 255).round().astype(np.uint8)
+        x = cv2.LUT(rgb, lut)
+        gray = cv2.transform(x, np.full((1, 3), 1 / 3))
+        return cv2.addWeighted(x, s, cv2.merge([gray, gray, gray]), 1 - s, 0)

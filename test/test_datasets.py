@@ -139,3 +139,29 @@ def test_normalize_image_rejects_wrong_input():
     assert normalize_image(np.zeros((4, 5, 3), np.uint8)).shape == (3, 4, 5)
     with pytest.raises(ValueError, match="uint8 RGB"):
         normalize_image(np.zeros((4, 5), np.uint8))
+
+
+class FixedDraws:
+    """An rng stand-in whose uniform() returns the given brightness, contrast and saturation offsets."""
+
+    def __init__(self, offsets):
+        self.offsets = np.asarray(offsets, dtype=float)
+
+    def uniform(self, low, high, size):
+        return self.offsets
+
+
+@pytest.mark.parametrize("offsets, expected", [
+    ((0.2, 0.0, 0.0), lambda x: x * 1.2),                                        # brightness
+    ((0.0, -1.0, 0.0), lambda x: np.broadcast_to(x.mean(), x.shape)),             # contrast 0: the mean everywhere
+    ((0.0, -0.5, 0.0), lambda x: (x - x.mean()) * 0.5 + x.mean()),               # half contrast about the mean
+    ((0.0, 0.0, -1.0), lambda x: np.broadcast_to(x.mean(2, keepdims=True), x.shape)),  # saturation 0: gray
+    ((0.0, 0.0, 0.5), lambda x: (x - x.mean(2, keepdims=True)) * 1.5 + x.mean(2, keepdims=True)),
+])
+def test_jitter_is_brightness_contrast_saturation(offsets, expected):
+    rgb = np.random.default_rng(0).integers(60, 180, (30, 40, 3)).astype(np.uint8)
+    augment = TrainAugment(jitter=0.25)
+    augment.rng = FixedDraws(offsets)
+    out = augment._jitter(rgb)
+    want = np.clip(expected(rgb.astype(float)), 0, 255)
+    assert out.dtype == np.uint8 and np.abs(out - want).max() <= 1.5
