@@ -390,8 +390,8 @@ def assign_thing_pixels(semantic: Tensor, coarse_ids: Tensor, instance_classes: 
     slot_of_class[things] = torch.arange(len(things), device=device)
     slot = slot_of_class[semantic.clamp(min=-1)]  # -1 (not a thing) for stuff, void and negative ids
     rows, cols = coarse_cell_index(height, h, device), coarse_cell_index(width, w, device)
-    ids = reach[slot.clamp(min=0), rows[:, None], cols[None, :]] - 1
-    ids = torch.where(slot >= 0, ids, -1)
+    planes = reach.int().index_select(1, rows).index_select(2, cols)  # [T, H, W], nearest-exact
+    ids = torch.where(slot >= 0, planes.gather(0, slot.clamp(min=0)[None])[0].long() - 1, -1)
 
     leftover = (slot >= 0) & (ids < 0)
     if not bool(leftover.any()):

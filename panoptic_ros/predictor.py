@@ -13,7 +13,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import load_model
@@ -59,6 +58,43 @@ def argmax_classes(logits: Tensor) -> Tensor:
         best = torch.where(better, logits[k], best)
         index.masked_fill_(better, k)
     return index
+
+
+def bilinear_sources(size: int, coarse: int, device=None) -> tuple[Tensor, Tensor, Tensor]:
+    """For each of ``size`` output positions of ``F.interpolate(mode="bilinear", align_corners=False)`` from
+    ``coarse`` inputs: the two source indices and the weight of the second (source coordinate
+    max(0, (i + 0.5) * coarse / size - 0.5), indices clamped to the input)."""
+    src = ((torch.arange(size, device=device, dtype=torch.float32) + 0.5) * (coarse / size) - 0.5).clamp_(min=0)
+    first = src.floor().long().clamp_(max=coarse - 1)
+    return first, (first + 1).clamp_(max=coarse - 1), src - first
+
+
+def upsample_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """[K, h, w] logits -> [H, W] int64: the argmax over classes of the logits upsampled bilinearly to ``size``.
+
+    Where the (up to) four cells a pixel interpolates share their argmax class c, the pixel's logits are a convex
+    combination of logit vectors that each peak at c, so they peak at c too: those pixels take c from the coarse
+    argmax, and only pixels between cells of different classes are interpolated and compared (about a tenth of a
+    street frame). Equal to ``argmax_classes(F.interpolate(...))`` except for classes tied to float rounding.
+    """
+    _, h, w = logits.shape
+    height, width = size
+    coarse = argmax_classes(logits)
+    right = torch.cat([coarse[:, 1:], coarse[:, -1:]], 1)  # neighbours, clamped at the edges like the sources
+    below = torch.cat([coarse[1:], coarse[-1:]], 0)
+    diagonal = torch.cat([right[1:], right[-1:]], 0)
+    shared = torch.where((coarse == right) & (coarse == below) & (coarse == diagonal), coarse, -1)
+    y0, y1, wy = bilinear_sources(height, h, logits.device)
+    x0, x1, wx = bilinear_sources(width, w, logits.device)
+    out = shared.index_select(0, y0).index_select(1, x0)
+    ys, xs = torch.nonzero(out < 0, as_tuple=True)
+    if len(ys):
+        a, b, c, d = y0[ys], y1[ys], x0[xs], x1[xs]
+        fx = wx[xs]
+        top = logits[:, a, c] + (logits[:, a, d] - logits[:, a, c]) * fx
+        bottom = logits[:, b, c] + (logits[:, b, d] - logits[:, b, c]) * fx
+        out[ys, xs] = (top + (bottom - top) * wy[ys]).argmax(0)
+    return out
 
 
 def instance_scores(ids: Tensor, confidence: Tensor, count: int) -> list[float]:
@@ -166,7 +202,7 @@ class Predictor:
         scores = instance_scores(inst.ids, confidence, len(inst.classes))
         clock = self._lap(timings, "clustering", clock)
 
-        semantic = argmax_classes(F.interpolate(raw.logits[None], size=(height, width), mode="bilinear", align_corners=False)[0])
+        semantic = upsample_argmax(raw.logits, (height, width))
         h, w = inst.ids.shape
         cell_pixels = height * width / (h * w)
         ids, classes = assign_thing_pixels(semantic, inst.ids, inst.classes, self.table.thing_ids,

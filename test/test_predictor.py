@@ -84,6 +84,21 @@ def test_from_weights_and_bad_options(tmp_path):
         Predictor.from_weights(path, precision="int8")
 
 
+@pytest.mark.parametrize("coarse, size", [((9, 12), (36, 48)), ((23, 30), (90, 120)), ((23, 30), (89, 131)),
+                                           ((5, 7), (5, 7)), ((8, 8), (3, 5)), ((1, 6), (4, 25))])
+def test_upsample_argmax_equals_the_argmax_of_bilinear_logits(coarse, size):
+    """Integer, non-integer and downscaling ratios, one-row inputs: the shortcut for pixels between cells of one
+    class and the interpolation of the others give torch's bilinear-then-argmax."""
+    from panoptic_ros.predictor import argmax_classes, upsample_argmax
+
+    torch.manual_seed(sum(coarse) + sum(size))
+    logits = torch.randn(6, *coarse) * 3
+    logits[2, : coarse[0] // 2] += 5  # regions of one class, so that both paths run
+    dense = argmax_classes(torch.nn.functional.interpolate(logits[None], size=size, mode="bilinear",
+                                                           align_corners=False)[0])
+    assert torch.equal(upsample_argmax(logits, size), dense)
+
+
 def test_argmax_classes_equals_torch_argmax_with_ties():
     from panoptic_ros.predictor import argmax_classes
 
