@@ -183,8 +183,10 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
                                         find_unused_parameters=cfg.train.semantic_only)
     steps_per_epoch = min(len(train_loader), max_steps_per_epoch or len(train_loader))
     optimizer = make_optimizer(model.parameters(), cfg)
+    # A semantic-only run has no coordinate stage: no coordinates, no schedule restart.
+    coordinate_epoch = cfg.train.epochs if cfg.train.semantic_only else cfg.train.coordinate_epoch
     scheduler = poly_schedule(optimizer, cfg.train.epochs * steps_per_epoch, cfg.train.poly_power,
-                              cfg.train.coordinate_epoch * steps_per_epoch)
+                              coordinate_epoch * steps_per_epoch)
     weights = class_weights_for(train_set, cfg.model.num_classes).to(device) if cfg.train.class_weighting else None
 
     start_epoch, best = 0, -1.0
@@ -200,7 +202,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
 
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.train.epochs):
-        core.set_use_coordinates(epoch >= cfg.train.coordinate_epoch)
+        core.set_use_coordinates(epoch >= coordinate_epoch)
         model.train()
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -241,7 +243,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
             os.replace(out_dir / "last.tmp", last)  # a crash mid-write never corrupts the resumable checkpoint
             if improved:
                 torch.save(state, out_dir / "best.pt")
-            if epoch + 1 == cfg.train.coordinate_epoch < cfg.train.epochs and not cfg.train.semantic_only:
+            if epoch + 1 == coordinate_epoch < cfg.train.epochs:
                 # the converged stage without coordinates (Sec. III-C), kept for the Fig. 5 comparison
                 save_weights(core, cfg, out_dir / "weights_without_coordinates.safetensors",
                              info={"epochs": epoch + 1, "semantic_only": False, "coordinates": False})

@@ -101,6 +101,7 @@ def test_semantic_stage_then_instance_stage_from_it(toy_camvid, tmp_path):
     train(semantic_cfg, tmp_path / "semantic")
     log = [json.loads(line) for line in (tmp_path / "semantic" / "log.jsonl").read_text().splitlines()]
     assert "loss_instance" not in log[0] and log[-1]["loss_semantic"] < log[0]["loss_semantic"]
+    assert not any(r["coordinates"] for r in log)  # coordinate_epoch 0 is ignored: no coordinate stage here
     stage_one, _, _, info = load_model(tmp_path / "semantic" / "weights.safetensors")
     assert info["semantic_only"] is True
 
