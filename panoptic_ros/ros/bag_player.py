@@ -39,7 +39,7 @@ class BagPlayer:
 
     def __init__(self, node: Node, reader: BagReader, topics: list[str] | None = None, *, rate: float = 1.0,
                  remap: dict[str, str] | None = None, reliability: str = "reliable", depth: int = 10,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, record: bool = True):
         if rate <= 0:
             raise ValueError(f"rate {rate} must be > 0")
         available = reader.topics
@@ -47,13 +47,15 @@ class BagPlayer:
         missing = [name for name in topics if name not in available]
         if missing:
             raise BagError(f"{reader.path}: no topic {missing[0]!r}; the bag has: {reader.describe_topics()}")
-        self.reader, self.rate, self.topics, self.clock = reader, rate, topics, clock
+        self.reader, self.rate, self.topics, self.clock, self.record = reader, rate, topics, clock, record
         remap = remap or {}
         self._classes = {name: message_class(available[name].msgtype) for name in topics}
         self.publishers = {name: node.create_publisher(self._classes[name], remap.get(name, name),
                                                        qos(reliability, depth)) for name in topics}
-        # per topic: (wall-clock publish time, header stamp in ns or None)
+        # per topic: (wall-clock publish time, header stamp in ns or None) of the latest pass only, so a looping
+        # player holds one pass's records, not every pass's (it would grow without bound with --loop)
         self.published: dict[str, list[tuple[float, int | None]]] = {name: [] for name in topics}
+        self.passes = 0  # calls of play() so far
 
     def wait_for_subscribers(self, count: int, timeout: float, spin: Callable[[], None]) -> bool:
         """Until every publisher has ``count`` subscribers (``spin`` runs between checks)."""
@@ -66,10 +68,13 @@ class BagPlayer:
 
     def play(self, spin: Callable[[float], None] | None = None) -> int:
         """Publish every message once, paced by log time / rate; ``spin(seconds)`` is called instead of sleeping
-        (so a caller can service its own subscriptions). Returns the number published; ``published`` records
-        when each message went out and its header stamp."""
+        (so a caller can service its own subscriptions). Returns the number published. With ``record`` (the
+        default), ``published`` holds when each message of this pass went out and its header stamp; the records
+        of an earlier pass are dropped when a new one starts."""
         start_wall = start_log = None
         count = 0
+        self.published = {name: [] for name in self.topics}
+        self.passes += 1
         for topic, _, log_time, data in self.reader.messages(set(self.topics)):
             if start_log is None:
                 start_wall, start_log = self.clock(), log_time
@@ -77,10 +82,10 @@ class BagPlayer:
             while (wait := due - self.clock()) > 0:
                 (spin or time.sleep)(min(wait, 0.05))
             self.publishers[topic].publish(data)
-            self.published[topic].append((time.time(), self._stamp(topic, data)))
+            if self.record:
+                self.published[topic].append((time.time(), self._stamp(topic, data)))
             count += 1
         return count
-
 
     def _stamp(self, topic: str, data: bytes) -> int | None:
         header = getattr(deserialize_message(data, self._classes[topic]), "header", None)
@@ -111,7 +116,7 @@ def main(argv=None) -> None:
     try:
         with BagReader(opts.bag) as reader:
             player = BagPlayer(node, reader, opts.topics, rate=opts.rate, remap=parse_remap(opts.remap),
-                               reliability=opts.reliability)
+                               reliability=opts.reliability, record=False)  # the CLI reads no records
             spin = lambda seconds=0.1: rclpy.spin_once(node, timeout_sec=seconds)  # noqa: E731
             if opts.wait_subscribers and not player.wait_for_subscribers(opts.wait_subscribers, 60, spin):
                 raise SystemExit(f"no {opts.wait_subscribers} subscriber(s) on {player.topics} within 60 s")
