@@ -1,25 +1,42 @@
-# Everything runs in .venv. `make setup` creates it on a fresh machine and is a quick no-op when nothing changed;
-# every other target runs it first.
+# Everything runs in .venv (ROS 2 Kilted). `make setup` creates it on a fresh machine and is a quick no-op when
+# nothing changed; the targets below run it first. `make setup ROS_DISTRO=jazzy` sets up .venv-jazzy instead
+# (ROS 2 Jazzy, on its own copy of this tree in build/jazzy/src; see scripts/setup.sh). Only a ROS_DISTRO given on
+# the command line counts, not one a sourced ROS 2 shell exports.
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
+DISTRO := $(if $(filter command line,$(origin ROS_DISTRO)),$(ROS_DISTRO),kilted)
+JAZZY_VENV := $(CURDIR)/.venv-jazzy
+JAZZY_SRC := $(CURDIR)/build/jazzy/src
 # ROS 2 traffic of tests and demos stays on this host.
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: setup test demo bench colcon clean
+.PHONY: setup setup-kilted setup-jazzy test test-jazzy demo bench colcon clean
 
 setup:
-	@bash scripts/setup.sh
+	@bash scripts/setup.sh $(DISTRO)
 
-test: setup
+setup-kilted:
+	@bash scripts/setup.sh kilted
+
+setup-jazzy:
+	@bash scripts/setup.sh jazzy
+
+# The whole suite under Kilted, then the ROS-facing tests (node, messages, bags, colcon route) under Jazzy (LTS).
+test: setup-kilted
 	$(PY) -m pytest -q test
+	@$(MAKE) --no-print-directory test-jazzy
+
+# In the copy the Jazzy set-up has just refreshed, with its generated messages and op.
+test-jazzy: setup-jazzy
+	cd $(JAZZY_SRC) && env -u _ROS_WHEELS_BOOTSTRAP_COMPLETE $(JAZZY_VENV)/bin/python -m pytest -q test/ros test/test_packaging.py
 
 # The core demo on one frame, then the real node fed by the project's bag player with the embedded sample bag
 # (at a quarter of its 15 Hz, so a 2-core CPU keeps up), scored against the bag's labels.
-demo: setup
+demo: setup-kilted
 	$(PY) -m panoptic_ros.demo
 	$(PY) -m panoptic_ros.ros.replay --out demo_output/node --rate 0.25 --evaluate
 
-bench: setup
+bench: setup-kilted
 	$(PY) -m benchmarks.imp
 	$(PY) -m benchmarks.clustering
 	$(PY) -m benchmarks.panonet
@@ -29,13 +46,13 @@ bench: setup
 
 # The ROS 2 workspace route, with the venv's ros-* wheels as underlay (in a real workspace, source
 # /opt/ros/<distro>/setup.bash instead). colcon builds from CMakeLists.txt; setup.py builds only the op there.
-colcon: setup
+colcon: setup-kilted
 	AMENT_PREFIX_PATH=$(VENV)$${AMENT_PREFIX_PATH:+:$$AMENT_PREFIX_PATH} PATH=$(VENV)/bin:$$PATH \
 	  $(VENV)/bin/colcon --log-base build_colcon/log build --base-paths . \
 	  --build-base build_colcon/build --install-base build_colcon/install \
 	  --cmake-args -DPython3_EXECUTABLE=$(PY) -DBUILD_TESTING=OFF
 
-# Removes build outputs, not .venv (delete it by hand to start from scratch).
+# Removes build outputs (the Jazzy copy in build/ too), not the venvs (delete them by hand to start from scratch).
 clean:
 	rm -rf build build_colcon panoptic_ros.egg-info panoptic_ros/msg panoptic_ros/panoptic_ros_s__*.so \
-	  panoptic_ros/ops/_C.cpython-*.so $(VENV)/.stamp-install
+	  panoptic_ros/ops/_C.cpython-*.so $(VENV)/.stamp-install $(JAZZY_VENV)/.stamp-install
