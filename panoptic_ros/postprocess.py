@@ -5,6 +5,7 @@ Pure functions over tensors; they run on the device of their inputs with the sam
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -15,7 +16,8 @@ from torch import Tensor
 
 from .classes import ClassTable
 
-VOID_ID = -1  # msg/PanopticSegmentation.msg VOID_ID
+VOID_ID = -1  # panoptic id maps: no segment
+MAX_SEGMENTS = 32767  # the segment map is int16 on the device (uint16 in messages, msg/PanopticSegmentation.msg)
 INSTANCE_OFFSET = 1000  # msg/PanopticSegmentation.msg INSTANCE_OFFSET: thing id = class_id * 1000 + k
 
 _CHUNK_ELEMENTS = 1 << 18  # seeds x points distances held at once: 2 MiB in float64 stays in L2 cache
@@ -428,10 +430,38 @@ class Segment:
 
 @dataclass
 class PanopticResult:
-    """panoptic [H, W] int32 segment ids (VOID_ID where none) and its segments, sorted by id."""
+    """panoptic [H, W] int32 segment ids (VOID_ID where none), its segments sorted by id, and segment_map [H, W]
+    int16 holding index + 1 into ``segments`` (0 where void; read it as uint16, msg/PanopticSegmentation.msg)."""
 
     panoptic: Tensor
     segments: list[Segment]
+    segment_map: Tensor
+
+
+def ids_from_segment_map(segment_map: np.ndarray, segment_ids: Sequence[int]) -> np.ndarray:
+    """Panoptic ids [H, W] int32 (``VOID_ID`` where 0) of a segment map: pixel v > 0 is ``segment_ids[v - 1]``
+    (msg/PanopticSegmentation.msg). Raises ``ValueError`` for an index past the segments."""
+    lut = np.array([VOID_ID, *segment_ids], np.int32)
+    index = np.asarray(segment_map).astype(np.uint16, copy=False)
+    if index.size and int(index.max()) >= len(lut):
+        raise ValueError(f"segment map holds index {int(index.max())}, but there are only {len(lut) - 1} segments")
+    return lut[index]
+
+
+def segment_map_from_ids(panoptic: np.ndarray, segment_ids: Sequence[int]) -> np.ndarray:
+    """The segment map [H, W] uint16 of panoptic ids: index + 1 into ``segment_ids`` (sorted, as segments are),
+    0 for ``VOID_ID``. Raises ``ValueError`` for an id that is not among the segments."""
+    ids = np.asarray(segment_ids, np.int64)
+    if len(ids) > np.iinfo(np.uint16).max or np.any(np.diff(ids) <= 0):
+        raise ValueError(f"segment ids must be increasing and at most 65535 of them; got {len(ids)}")
+    panoptic = np.asarray(panoptic)
+    position = np.searchsorted(ids, panoptic)
+    found = (position < len(ids)) & (ids[np.minimum(position, max(len(ids) - 1, 0))] == panoptic) if len(ids) else \
+        np.zeros(panoptic.shape, bool)
+    void = panoptic == VOID_ID
+    if not np.all(found | void):
+        raise ValueError(f"panoptic ids {sorted(set(np.unique(panoptic[~(found | void)]).tolist()))[:5]} have no segment")
+    return np.where(found, position + 1, 0).astype(np.uint16)
 
 
 def merge_panoptic(semantic: Tensor, instances: Tensor, instance_classes, table: ClassTable, *,
@@ -508,17 +538,23 @@ def merge_panoptic(semantic: Tensor, instances: Tensor, instance_classes, table:
         lut[n_cls:void_code] = inst_id
         score_of = {int(i): float(s) for i, s in zip(inst_id[present].tolist(), scores[present.cpu()].tolist())}
     panoptic = lut.to(torch.int32)[code]
-    return PanopticResult(panoptic, _segments(code, area, lut, table, score_of))
+    segments, codes = _segments(code, area, lut, table, score_of)
+    if len(segments) > MAX_SEGMENTS:
+        raise ValueError(f"{len(segments)} segments: at most {MAX_SEGMENTS} fit a 16-bit segment map")
+    index_of_code = torch.zeros(n_codes, dtype=torch.int16, device=device)  # written once, in its final dtype
+    index_of_code[codes.to(device)] = torch.arange(1, len(codes) + 1, dtype=torch.int16, device=device)
+    return PanopticResult(panoptic, segments, index_of_code[code])
 
 
-def _segments(code: Tensor, area: Tensor, lut: Tensor, table: ClassTable, score_of: dict[int, float]) -> list[Segment]:
-    """Area and tight box of every code of ``code`` [H, W] whose id ``lut[code]`` is not void, sorted by id: the
-    boxes from which rows and columns each code occurs in (two bincounts)."""
+def _segments(code: Tensor, area: Tensor, lut: Tensor, table: ClassTable,
+              score_of: dict[int, float]) -> tuple[list[Segment], Tensor]:
+    """Area and tight box of every code of ``code`` [H, W] whose id ``lut[code]`` is not void, sorted by id (the
+    boxes from which rows and columns each code occurs in: two bincounts), and those codes in the same order."""
     h, w = code.shape
     n_codes = len(lut)
     shown = (area > 0) & (lut != VOID_ID)
     if not bool(shown.any()):
-        return []
+        return [], torch.zeros(0, dtype=torch.int64)
     device = code.device
     in_rows = torch.bincount((code + n_codes * torch.arange(h, device=device)[:, None]).flatten(),
                              minlength=h * n_codes).view(h, n_codes) > 0
@@ -530,10 +566,11 @@ def _segments(code: Tensor, area: Tensor, lut: Tensor, table: ClassTable, score_
     codes = torch.nonzero(shown).flatten()
     rows = torch.stack([lut[codes], area[codes], x0[codes], y0[codes], (x1 - x0 + 1)[codes], (y1 - y0 + 1)[codes]],
                        1).cpu().tolist()
+    order = sorted(range(len(rows)), key=rows.__getitem__)
     segments = []
-    for seg_id, a, x, y, bw, bh in sorted(rows):
+    for seg_id, a, x, y, bw, bh in (rows[i] for i in order):
         class_id = seg_id // INSTANCE_OFFSET if seg_id >= INSTANCE_OFFSET else seg_id
         info = table[class_id]
         segments.append(Segment(seg_id, class_id, info.name, info.is_thing, score_of.get(seg_id, 1.0), a,
                                 (x, y, bw, bh)))
-    return segments
+    return segments, codes.cpu()[order]

@@ -27,14 +27,17 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 
 @dataclass
 class Prediction:
-    """Outputs at the input image's resolution. semantic [H, W] int64 class ids; instances [H, W] int64 (-1 where
-    no instance); panoptic [H, W] int32 segment ids (``postprocess.VOID_ID`` where none); segments as in
-    msg/Segment.msg; timings in milliseconds per stage."""
+    """Outputs at the input image's resolution. semantic [H, W] class ids, uint8 for tables of up to 255 classes
+    (what ``~/semantic`` publishes) else int64; instances [H, W] int64 (-1 where no instance); panoptic [H, W]
+    int32 segment ids (``postprocess.VOID_ID`` where none); segments as in msg/Segment.msg, sorted by id;
+    segment_map [H, W] int16, index + 1 into ``segments``, 0 where void (what ``~/panoptic`` publishes, as
+    16UC1); timings in milliseconds per stage."""
 
     semantic: Tensor
     instances: Tensor
     panoptic: Tensor
     segments: list[Segment]
+    segment_map: Tensor
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -49,10 +52,17 @@ class NetworkOutput:
     timings: dict[str, float]
 
 
+def class_dtype(classes: int) -> torch.dtype:
+    """uint8 class maps for up to 255 classes (255 stays free as a marker), int64 beyond."""
+    return torch.uint8 if classes < 256 else torch.int64
+
+
 def argmax_classes(logits: Tensor) -> Tensor:
-    """argmax over dim 0 of [K, H, W] (ties: the first class, as torch.argmax). A running maximum over the K planes
-    reads memory contiguously; torch's reduction over the strided class axis was 20x slower on the CPU."""
-    best, index = logits[0].clone(), torch.zeros(logits.shape[1:], dtype=torch.int64, device=logits.device)
+    """argmax over dim 0 of [K, H, W] (ties: the first class, as torch.argmax), in ``class_dtype(K)``. A running
+    maximum over the K planes reads memory contiguously; torch's reduction over the strided class axis was 20x
+    slower on the CPU."""
+    best = logits[0].clone()
+    index = torch.zeros(logits.shape[1:], dtype=class_dtype(len(logits)), device=logits.device)
     for k in range(1, logits.shape[0]):
         better = logits[k] > best
         best = torch.where(better, logits[k], best)
@@ -70,7 +80,8 @@ def bilinear_sources(size: int, coarse: int, device=None) -> tuple[Tensor, Tenso
 
 
 def upsample_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    """[K, h, w] logits -> [H, W] int64: the argmax over classes of the logits upsampled bilinearly to ``size``.
+    """[K, h, w] logits -> [H, W] class ids in ``class_dtype(K)``: the argmax over classes of the logits upsampled
+    bilinearly to ``size``.
 
     Where the (up to) four cells a pixel interpolates share their argmax class c, the pixel's logits are a convex
     combination of logit vectors that each peak at c, so they peak at c too: those pixels take c from the coarse
@@ -83,17 +94,18 @@ def upsample_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
     right = torch.cat([coarse[:, 1:], coarse[:, -1:]], 1)  # neighbours, clamped at the edges like the sources
     below = torch.cat([coarse[1:], coarse[-1:]], 0)
     diagonal = torch.cat([right[1:], right[-1:]], 0)
-    shared = torch.where((coarse == right) & (coarse == below) & (coarse == diagonal), coarse, -1)
+    mixed = 255 if coarse.dtype == torch.uint8 else -1  # never a class id
+    shared = torch.where((coarse == right) & (coarse == below) & (coarse == diagonal), coarse, mixed)
     y0, y1, wy = bilinear_sources(height, h, logits.device)
     x0, x1, wx = bilinear_sources(width, w, logits.device)
     out = shared.index_select(0, y0).index_select(1, x0)
-    ys, xs = torch.nonzero(out < 0, as_tuple=True)
+    ys, xs = torch.nonzero(out == mixed, as_tuple=True)
     if len(ys):
         a, b, c, d = y0[ys], y1[ys], x0[xs], x1[xs]
         fx = wx[xs]
         top = logits[:, a, c] + (logits[:, a, d] - logits[:, a, c]) * fx
         bottom = logits[:, b, c] + (logits[:, b, d] - logits[:, b, c]) * fx
-        out[ys, xs] = (top + (bottom - top) * wy[ys]).argmax(0)
+        out[ys, xs] = (top + (bottom - top) * wy[ys]).argmax(0).to(out.dtype)
     return out
 
 
@@ -214,7 +226,8 @@ class Predictor:
         result = merge_panoptic(semantic, ids, classes, self.table,
                                 stuff_min_area=self.postprocess.stuff_min_area, instance_scores=scores)
         self._lap(timings, "merge", clock)
-        return Prediction(semantic.cpu(), ids.cpu(), result.panoptic.cpu(), result.segments, timings)
+        return Prediction(semantic.cpu(), ids.cpu(), result.panoptic.cpu(), result.segments,
+                          result.segment_map.cpu(), timings)
 
     def _lap(self, timings: dict, stage: str, start: float) -> float:
         if self.device.type == "cuda":
@@ -226,11 +239,16 @@ class Predictor:
 
 def filter_prediction(prediction: Prediction, score_threshold: float = 0.0, min_area: int = 0) -> Prediction:
     """Drop thing segments scoring below ``score_threshold`` or smaller than ``min_area`` pixels: their pixels
-    become void in ``panoptic`` and -1 in ``instances`` (stuff segments are kept)."""
-    removed = {s.id for s in prediction.segments if s.is_thing and (s.score < score_threshold or s.area < min_area)}
-    if not removed:
+    become void in ``panoptic`` and ``segment_map`` (whose indices follow the segments kept) and -1 in
+    ``instances`` (stuff segments are kept)."""
+    keep = [not (s.is_thing and (s.score < score_threshold or s.area < min_area)) for s in prediction.segments]
+    if all(keep):
         return prediction
-    gone = torch.isin(prediction.panoptic, torch.tensor(sorted(removed), dtype=prediction.panoptic.dtype))
+    removed = [s.id for s, kept in zip(prediction.segments, keep) if not kept]
+    gone = torch.isin(prediction.panoptic, torch.tensor(removed, dtype=prediction.panoptic.dtype))
+    kept = torch.tensor([False, *keep])
+    new_index = torch.where(kept, kept.cumsum(0), 0).to(torch.int16)  # old index + 1 -> new index + 1, or 0
     return Prediction(prediction.semantic, prediction.instances.masked_fill(gone, -1),
                       prediction.panoptic.masked_fill(gone, VOID_ID),
-                      [s for s in prediction.segments if s.id not in removed], prediction.timings)
+                      [s for s, k in zip(prediction.segments, keep) if k],
+                      new_index[prediction.segment_map.long()], prediction.timings)

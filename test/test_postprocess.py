@@ -200,6 +200,14 @@ def test_merge_ids_void_rules_and_segments():
         assert s.bbox == (xs.min().item(), ys.min().item(), (xs.max() - xs.min() + 1).item(),
                           (ys.max() - ys.min() + 1).item())
     assert {s.id for s in result.segments} == set(result.panoptic.unique().tolist()) - {VOID_ID}
+    # the segment map: index + 1 into the segments sorted by id (sky 1, road 2, cars 3 and 4, pedestrian 5), 0 void
+    assert result.segment_map.dtype == torch.int16
+    assert result.segment_map.tolist() == [
+        [2, 2, 3, 3, 1, 1],
+        [2, 2, 3, 3, 1, 1],
+        [2, 0, 5, 4, 0, 1],
+        [2, 0, 5, 5, 0, 0],
+    ]
 
 
 def test_merge_defaults_keep_small_stuff_and_score_one():
@@ -288,3 +296,22 @@ def test_assign_thing_pixels_empty_image_and_no_things():
     assert (ids == -1).all() and classes.numel() == 0
     ids, _ = assign_thing_pixels(empty, torch.full((1, 2), -1), torch.zeros(0, dtype=torch.int64), ())
     assert (ids == -1).all()
+
+
+def test_segment_map_and_ids_convert_both_ways_and_reject_what_does_not_fit():
+    from panoptic_ros.postprocess import ids_from_segment_map, segment_map_from_ids
+
+    panoptic = np.array([[3, 3, 8000], [-1, 9001, 8000]], np.int32)
+    ids = [3, 8000, 9001]
+    segment_map = segment_map_from_ids(panoptic, ids)
+    assert segment_map.dtype == np.uint16 and segment_map.tolist() == [[1, 1, 2], [0, 3, 2]]
+    np.testing.assert_array_equal(ids_from_segment_map(segment_map, ids), panoptic)
+    assert segment_map_from_ids(np.full((2, 2), -1), []).tolist() == [[0, 0], [0, 0]]
+    with pytest.raises(ValueError, match="have no segment"):
+        segment_map_from_ids(panoptic, [3, 8000])  # 9001 is missing (also past the last id)
+    with pytest.raises(ValueError, match="have no segment"):
+        segment_map_from_ids(panoptic, [3, 8000, 9000])  # between and not equal
+    with pytest.raises(ValueError, match="increasing"):
+        segment_map_from_ids(panoptic, [8000, 3, 9001])
+    with pytest.raises(ValueError, match="only 2 segments"):
+        ids_from_segment_map(segment_map, [3, 8000])

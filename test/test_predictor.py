@@ -44,6 +44,10 @@ def test_outputs_and_segments_agree(predictor):
         assert (s.id // INSTANCE_OFFSET == s.class_id) if s.is_thing else (s.id == s.class_id)
     inst = result.instances.numpy()
     assert np.isin(result.semantic.numpy()[inst >= 0], CAMVID.thing_ids).all()
+    # outputs come in the dtypes the node publishes: mono8 classes, 16-bit segment indices (+ 1, 0 = void)
+    assert result.semantic.dtype == torch.uint8 and result.segment_map.dtype == torch.int16
+    ids_of_index = np.array([VOID_ID] + [s.id for s in result.segments])
+    np.testing.assert_array_equal(ids_of_index[result.segment_map.numpy()], panoptic)
 
 
 def test_scale_changes_the_network_input_not_the_output(predictor):
@@ -106,6 +110,9 @@ def test_argmax_classes_equals_torch_argmax_with_ties():
     logits[3, :5] = logits[7, :5] = 100.0  # ties: the first class wins, as in torch.argmax
     assert torch.equal(argmax_classes(logits), logits.argmax(0))
     assert argmax_classes(logits)[0, 0] == 3
+    assert argmax_classes(logits).dtype == torch.uint8
+    many = torch.randn(300, 4, 5)  # class ids above 255 need a wider type
+    assert argmax_classes(many).dtype == torch.int64 and torch.equal(argmax_classes(many), many.argmax(0))
 
 
 def test_instance_scores_are_the_mean_confidence_of_each_instance():
@@ -121,9 +128,16 @@ def test_filter_prediction_voids_weak_or_small_things_only():
     instances = torch.tensor([[-1, -1, 0, 0], [-1, 1, 0, 2]])
     segments = [Segment(3, 3, "road", False, 0.1, 3, (0, 0, 2, 2)), Segment(8000, 8, "car", True, 0.9, 3, (2, 0, 2, 2)),
                 Segment(8001, 8, "car", True, 0.9, 1, (3, 1, 1, 1)), Segment(9000, 9, "pedestrian", True, 0.2, 1, (1, 1, 1, 1))]
-    prediction = Prediction(panoptic.long() // 1000, instances, panoptic, segments)
+    segment_map = torch.tensor([[1, 1, 2, 2], [1, 4, 2, 3]], dtype=torch.int16)
+    prediction = Prediction(panoptic.long() // 1000, instances, panoptic, segments, segment_map)
     kept = filter_prediction(prediction, score_threshold=0.5, min_area=2)
     assert [s.id for s in kept.segments] == [3, 8000]  # stuff stays whatever its score
     assert kept.panoptic.tolist() == [[3, 3, 8000, 8000], [3, VOID_ID, 8000, VOID_ID]]
     assert kept.instances.tolist() == [[-1, -1, 0, 0], [-1, -1, 0, -1]]
+    assert kept.segment_map.tolist() == [[1, 1, 2, 2], [1, 0, 2, 0]] and kept.segment_map.dtype == torch.int16
+    # removing a segment shifts the indices of those after it: car 8000 (index 2) goes, pedestrian 9000 (4) -> 3
+    weak_car = [segments[0], Segment(8000, 8, "car", True, 0.1, 3, (2, 0, 2, 2)), segments[2], segments[3]]
+    shifted = filter_prediction(Prediction(panoptic.long() // 1000, instances, panoptic, weak_car, segment_map), 0.15)
+    assert [s.id for s in shifted.segments] == [3, 8001, 9000]
+    assert shifted.segment_map.tolist() == [[1, 1, 0, 0], [1, 3, 0, 2]]
     assert filter_prediction(prediction) is prediction
