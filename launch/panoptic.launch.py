@@ -1,7 +1,9 @@
-"""Start the panoptic segmentation node, and RViz with rviz:=true.
+"""Start the panoptic segmentation node (a lifecycle node), and RViz with rviz:=true.
 
     ros2 launch panoptic_ros panoptic.launch.py image:=/camera/image_raw device:=cuda rviz:=true
     ros2 launch panoptic_ros panoptic.launch.py cameras:=front,rear params_file:=/path/to/my.yaml
+    ros2 launch panoptic_ros panoptic.launch.py autostart:=false   # nav2's lifecycle_manager drives it
+    ros2 launch panoptic_ros panoptic.launch.py fastdds_profile:=shm  # 2 MP frames over shared memory, this host only
 
 Launch arguments left empty keep the value of the parameters file (config/<mode>.yaml by default). The helpers
 above generate_launch_description need no ROS install, so the tests check them directly.
@@ -17,13 +19,17 @@ ARGUMENTS = {  # name: (default, description)
     "cameras": ("", "comma-separated camera namespaces, each read on <camera>/image; empty: one camera on 'image'"),
     "image": ("/camera/image_raw", "input topic of the single camera (remaps 'image'; camera_info is its sibling)"),
     "namespace": ("", "namespace of the node"),
+    "autostart": ("true", "true: the node configures and activates itself; false: it waits for lifecycle "
+                          "transitions (nav2 lifecycle_manager)"),
+    "fastdds_profile": ("", "Fast DDS profile of the node process: empty none (the deployment's environment), 'shm' "
+                            "the package's shared-memory profile (loopback only), or an XML path"),
     "rviz": ("false", "true: start RViz showing the input and the overlay"),
 }
 
 
 def node_parameters(values: dict) -> dict:
     """Parameter overrides for the launch arguments that were set; they apply on top of the params file."""
-    overrides = {"mode": values["mode"]}
+    overrides = {"mode": values["mode"], "autostart": values["autostart"].lower() in ("true", "1", "yes")}
     for argument, parameter in (("weights", "weights"), ("device", "device")):
         if values[argument]:
             overrides[parameter] = values[argument]
@@ -42,12 +48,21 @@ def remappings(values: dict) -> list:
 
 
 def rviz_topics(values: dict) -> dict:
-    """The first camera's input image and overlay topics, for RViz."""
+    """The first camera's input image and overlay topics, and the node's Fast DDS profile, for RViz."""
     namespace = values["namespace"].strip("/")
     camera = node_parameters(values).get("input.cameras", [""])[0]
     image = values["image"] if not values["cameras"] else "/" + "/".join(p for p in (namespace, camera, "image") if p)
     return {"image": image,
-            "overlay": "/" + "/".join(p for p in (namespace, "panoptic_node", camera, "overlay") if p)}
+            "overlay": "/" + "/".join(p for p in (namespace, "panoptic_node", camera, "overlay") if p),
+            "fastdds_profile": values["fastdds_profile"]}
+
+
+def process_environment(values: dict) -> dict:
+    """Environment of the node process for ``fastdds_profile`` (``panoptic_ros.ros.env.profile_environment``:
+    both the Fast DDS 3 and the Fast DDS 2 variable, so Humble, Jazzy and Kilted all load it)."""
+    from panoptic_ros.ros.env import profile_environment
+
+    return profile_environment(values["fastdds_profile"])
 
 
 def _setup(context):
@@ -55,14 +70,15 @@ def _setup(context):
     from launch.actions import IncludeLaunchDescription
     from launch.launch_description_sources import PythonLaunchDescriptionSource
     from launch.substitutions import LaunchConfiguration
-    from launch_ros.actions import Node
+    from launch_ros.actions import LifecycleNode
 
     values = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
     share = get_package_share_directory("panoptic_ros")
     params_file = values["params_file"] or os.path.join(share, "config", f"{values['mode']}.yaml")
-    actions = [Node(package="panoptic_ros", executable="panoptic_node", name="panoptic_node",
-                    namespace=values["namespace"], parameters=[params_file, node_parameters(values)],
-                    remappings=remappings(values), output="screen", emulate_tty=True)]
+    actions = [LifecycleNode(package="panoptic_ros", executable="panoptic_node", name="panoptic_node",
+                             namespace=values["namespace"], parameters=[params_file, node_parameters(values)],
+                             remappings=remappings(values), output="screen", emulate_tty=True,
+                             additional_env=process_environment(values))]
     if values["rviz"].lower() in ("true", "1", "yes"):
         actions.append(IncludeLaunchDescription(
             PythonLaunchDescriptionSource(os.path.join(share, "launch", "rviz.launch.py")),

@@ -1,7 +1,7 @@
-"""RViz showing a camera image and the panoptic overlay, with the shared-memory Fast DDS profile (so 2 MP
-images arrive whole).
+"""RViz showing a camera image and the panoptic overlay.
 
     ros2 launch panoptic_ros rviz.launch.py image:=/camera/image_raw overlay:=/panoptic_node/overlay
+    ros2 launch panoptic_ros rviz.launch.py fastdds_profile:=shm   # same host as the node, 2 MP frames whole
 
 The topics of config/panoptic.rviz are replaced by the launch arguments in a temporary copy.
 """
@@ -14,6 +14,8 @@ import yaml
 ARGUMENTS = {
     "image": ("/camera/image_raw", "camera image topic"),
     "overlay": ("/panoptic_node/overlay", "the node's overlay topic"),
+    "fastdds_profile": ("", "Fast DDS profile of RViz: empty none, 'shm' the package's shared-memory profile (this "
+                            "host only), or an XML path"),
 }
 DISPLAYS = {"Camera": "image", "Panoptic overlay": "overlay"}  # RViz display name -> argument giving its topic
 
@@ -32,15 +34,15 @@ def _setup(context):
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
 
-    from panoptic_ros.ros.env import FASTDDS_PROFILE
+    from panoptic_ros.ros.env import profile_environment
 
     share = get_package_share_directory("panoptic_ros")
     with open(os.path.join(share, "config", "panoptic.rviz")) as f:
-        text = rviz_config(f.read(), {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS})
+        text = rviz_config(f.read(), {name: LaunchConfiguration(name).perform(context) for name in DISPLAYS.values()})
     path = os.path.join(tempfile.mkdtemp(prefix="panoptic_rviz_"), "panoptic.rviz")
     with open(path, "w") as f:
         f.write(text)
-    environment = {"FASTDDS_DEFAULT_PROFILES_FILE": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", str(FASTDDS_PROFILE))}
+    environment = profile_environment(LaunchConfiguration("fastdds_profile").perform(context))
     return [Node(package="rviz2", executable="rviz2", name="rviz2", arguments=["-d", path],
                  additional_env=environment, output="screen")]
 

@@ -17,7 +17,7 @@ message                            kind         pixels
 Image ``mono8`` / ``8UC1``         semantic     class ids of the model's table, ``IGNORE_LABEL`` (255) void
 Image ``32SC1``                    instances    instance index k >= 0 within its class's pixels, -1 none
 Image ``16UC1``                    instances    k + 1, 0 none (read back as k, -1)
-``panoptic_ros/PanopticSegmentation``  panoptic  segment ids in the message convention, -1 void
+``panoptic_ros/PanopticSegmentation``  panoptic  ``16UC1`` segment indices + 1, read back as segment ids, -1 void
 =================================  ===========  =====================================================
 """
 
@@ -45,7 +45,7 @@ from ruamel.yaml import YAML
 
 from .classes import ClassTable
 from .images import ImageError, array_to_image, compressed_to_rgb, image_to_array, image_to_rgb, rgb_to_compressed, rgb_to_image
-from .postprocess import Segment
+from .postprocess import Segment, ids_from_segment_map, segment_map_from_ids
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +154,12 @@ def decode_frame(msgtype: str, msg) -> tuple[str, np.ndarray]:
 def decode_label(msgtype: str, msg) -> tuple[str, np.ndarray]:
     """(kind, [H, W] array) of a label message (module docstring); raises ``ImageError``."""
     if msgtype == PANOPTIC:
-        msg = msg.panoptic
-        if msg.encoding != "32SC1":
-            raise ImageError("encoding", f"PanopticSegmentation.panoptic must be 32SC1, got {msg.encoding!r}")
-        return "panoptic", _pixels(msg).copy()
+        if msg.panoptic.encoding != "16UC1":
+            raise ImageError("encoding", f"PanopticSegmentation.panoptic must be 16UC1, got {msg.panoptic.encoding!r}")
+        try:
+            return "panoptic", ids_from_segment_map(_pixels(msg.panoptic), [s.id for s in msg.segments])
+        except ValueError as error:
+            raise ImageError("data", f"PanopticSegmentation: {error}") from None
     if msg.encoding in SEMANTIC_ENCODINGS:
         return "semantic", _pixels(msg).copy()
     if msg.encoding == "32SC1":
@@ -529,11 +531,13 @@ class BagWriter:
     def write_panoptic(self, topic: str, stamp: int, panoptic: np.ndarray, segments: Sequence[Segment],
                        table: ClassTable, frame_id: str, model: str, mode: str = "fast", latency_ns: int = 0,
                        log_time_ns: int | None = None) -> None:
-        """A PanopticSegmentation: ``panoptic`` [H, W] int32 segment ids (-1 void), its segments, the class table."""
+        """A PanopticSegmentation: ``panoptic`` [H, W] segment ids (-1 void) and its segments (sorted by id), stored
+        as the message's 16UC1 segment map; the class table."""
         types = self.store.types
+        segment_map = segment_map_from_ids(panoptic, [s.id for s in segments])
         msg = types[PANOPTIC](
             header=self.header(stamp, frame_id),
-            panoptic=self.image_msg(stamp, frame_id, np.asarray(panoptic, np.int32), "32SC1"),
+            panoptic=self.image_msg(stamp, frame_id, segment_map, "16UC1"),
             segments=[self._segment(s) for s in segments],
             classes=[types[f"{PACKAGE}/msg/ClassInfo"](
                 id=c.id, name=c.name, is_thing=c.is_thing,

@@ -3,7 +3,10 @@ ROS: the node, the bag reader and the bag writer share these conversions.
 
 Encodings follow ``sensor_msgs/image_encodings.hpp``: ``yuv422`` is UYVY and ``yuv422_yuy2`` is YUYV (``uyvy`` and
 ``yuyv`` are their aliases); Bayer names give the pattern of the first two pixels of the first row, mapped to
-OpenCV's codes as cv_bridge does. 16-bit images are shown as 8-bit by dropping the low byte (cv_bridge's scaling).
+OpenCV's codes as cv_bridge does. 16-bit camera images (``mono16``, ``rgb16``, ``bgr16``) become 8-bit by keeping the
+top 8 of their ``bit_depth`` significant bits: 16 is cv_bridge's scaling, 12 serves a 12-bit sensor (whose frames
+would otherwise be near-black), and :func:`bit_depth_of` tells it from the values. ``16UC1`` and ``32FC1`` are
+depth images (REP 118) and other non-camera encodings are rejected.
 
 Every rejection is an :class:`ImageError` whose ``kind`` names the problem, so callers can count them by kind.
 """
@@ -33,7 +36,6 @@ _TO_RGB = {
     "rgb8": None, "rgb16": None, "bgr8": cv2.COLOR_BGR2RGB, "8UC3": cv2.COLOR_BGR2RGB, "bgr16": cv2.COLOR_BGR2RGB,
     "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB, "8UC4": cv2.COLOR_BGRA2RGB,
     "mono8": cv2.COLOR_GRAY2RGB, "8UC1": cv2.COLOR_GRAY2RGB, "mono16": cv2.COLOR_GRAY2RGB,
-    "16UC1": cv2.COLOR_GRAY2RGB,
     "yuv422": cv2.COLOR_YUV2RGB_UYVY, "uyvy": cv2.COLOR_YUV2RGB_UYVY,
     "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2, "yuyv": cv2.COLOR_YUV2RGB_YUY2,
     "bayer_rggb8": cv2.COLOR_BayerBG2RGB, "bayer_bggr8": cv2.COLOR_BayerRG2RGB,
@@ -48,6 +50,7 @@ _FROM_RGB = {
 _BAYER_OFFSETS = {"bayer_rggb8": (0, 0, 1, 1), "bayer_bggr8": (1, 1, 0, 0),  # (y, x) of R then of B in a 2x2 tile
                   "bayer_gbrg8": (1, 0, 0, 1), "bayer_grbg8": (0, 1, 1, 0)}
 RGB_ENCODINGS = tuple(_TO_RGB)
+BIT_DEPTHS = (10, 12, 14, 16)  # what 16-bit camera frames carry, for detection
 COMPRESSED_FORMATS = ("jpeg", "png")
 
 
@@ -91,15 +94,25 @@ def image_to_array(encoding: str, height: int, width: int, step: int, data, is_b
     return pixels.astype(dtype.newbyteorder("="), copy=False)
 
 
+def bit_depth_of(pixels: np.ndarray) -> int:
+    """The smallest of ``BIT_DEPTHS`` that holds every value of 16-bit ``pixels``."""
+    top = int(pixels.max()).bit_length() if pixels.size else 0
+    return next(bits for bits in BIT_DEPTHS if top <= bits)
+
+
 def image_to_rgb(encoding: str, height: int, width: int, step: int, data, is_bigendian: bool = False,
-                 max_pixels: int | None = None) -> np.ndarray:
-    """An Image message's pixels as a new contiguous uint8 RGB array [H, W, 3]."""
+                 max_pixels: int | None = None, bit_depth: int = 16) -> np.ndarray:
+    """An Image message's pixels as a contiguous uint8 RGB array [H, W, 3] (a view of ``data`` for unpadded
+    ``rgb8``). 16-bit encodings keep the top 8 of ``bit_depth`` bits; larger values saturate at 255."""
     if encoding in LAYOUTS and encoding not in _TO_RGB:
-        raise ImageError("encoding", f"encoding {encoding!r} is not a camera image; supported: "
-                                     f"{', '.join(RGB_ENCODINGS)}")
+        kind = "a depth image (REP 118)" if encoding in ("16UC1", "32FC1") else "not a camera image"
+        raise ImageError("encoding", f"encoding {encoding!r} is {kind}; supported: {', '.join(RGB_ENCODINGS)}")
+    if not 9 <= bit_depth <= 16:
+        raise ValueError(f"bit_depth {bit_depth} must be in [9, 16]")
     pixels = image_to_array(encoding, height, width, step, data, is_bigendian, max_pixels)
     if pixels.dtype == np.uint16:
-        pixels = (pixels >> 8).astype(np.uint8)
+        shifted = pixels >> (bit_depth - 8)
+        pixels = (shifted if bit_depth == 16 else np.minimum(shifted, 255)).astype(np.uint8)
     code = _TO_RGB[encoding]
     return np.ascontiguousarray(pixels) if code is None else cv2.cvtColor(np.ascontiguousarray(pixels), code)
 
@@ -138,7 +151,7 @@ def rgb_to_image(rgb: np.ndarray, encoding: str) -> tuple[int, int, int, bytes]:
         return array_to_image(mosaic, encoding)
     if encoding in ("rgb8", "rgb16"):
         pixels = rgb
-    elif encoding in ("bgr16", "mono16", "16UC1"):
+    elif encoding in ("bgr16", "mono16"):
         pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR if encoding == "bgr16" else cv2.COLOR_RGB2GRAY)
     elif encoding in _FROM_RGB:
         pixels = cv2.cvtColor(rgb, _FROM_RGB[encoding])

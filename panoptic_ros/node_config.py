@@ -1,7 +1,7 @@
 """The node's parameters as typed dataclasses (STYLE 6), without ROS.
 
 ROS parameter names are the dotted paths of these fields (``output.overlay``, ``filter.score_threshold``); the
-YAML files in ``config/`` nest them under ``panoptic_node: ros__parameters:``. Per-class bandwidths are
+YAML files in ``config/`` nest them under ``/**: ros__parameters:`` (any node name and namespace). Per-class bandwidths are
 ``bandwidths.<class name>`` (thing classes of the loaded model's table); unset ones come from the weights.
 The node validates every set through :func:`node_config_from_parameters`, and lets only the names for which
 :func:`is_runtime_parameter` holds change while it is configured.
@@ -20,7 +20,6 @@ from .predictor import PRECISIONS
 MODES = ("fast", "accuracy")
 RELIABILITIES = ("best_effort", "reliable")
 TRANSPORTS = ("raw", "compressed")
-INSTANCE_ENCODINGS = ("mono16", "32SC1")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _CAMERA = re.compile(r"^([A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*)?$")
 
@@ -31,8 +30,11 @@ class InputConfig:
     transport: str = "raw"  # raw: <camera>/image (sensor_msgs/Image); compressed: <camera>/image/compressed
     reliability: str = "best_effort"  # with keep-last 1: the sensor-data profile
     max_pixels: int = 4096 * 4096  # larger frames are dropped and counted
+    bit_depth: int = 0  # significant bits of 16-bit frames (e.g. 12); 0 = detect per camera from the values seen
 
     def validate(self, where: str) -> None:
+        _require(self.bit_depth == 0 or 9 <= self.bit_depth <= 16, where, "bit_depth", self.bit_depth,
+                 "0 (detect) or an integer in [9, 16]")
         _require(len(self.cameras) >= 1 and len(set(self.cameras)) == len(self.cameras)
                  and all(isinstance(c, str) and _CAMERA.match(c) for c in self.cameras), where, "cameras",
                  self.cameras, "distinct relative namespaces such as front or sensors/left ('' = none)")
@@ -43,19 +45,19 @@ class InputConfig:
 
 @dataclass
 class OutputConfig:
+    # Every output is built only while it has a subscriber.
     semantic: bool = True  # ~/semantic, mono8 class ids
-    instance: bool = True  # ~/instance, instance_encoding
-    panoptic: bool = True  # ~/panoptic, panoptic_ros/PanopticSegmentation
-    panoptic_image: bool = True  # ~/panoptic_image, 32SC1 segment ids
-    overlay: bool = True  # ~/overlay, rgb8, rendered only while subscribed
-    camera_info: bool = True  # ~/camera_info, the input's, with the image's header
-    instance_encoding: str = "mono16"  # mono16: 0 = none, k + 1 = instance k; 32SC1: -1 = none
+    panoptic: bool = True  # ~/panoptic, panoptic_ros/PanopticSegmentation (16UC1 segment image + segments)
+    panoptic_image: bool = True  # ~/panoptic_image, the same 16UC1 segment image alone
+    instance: bool = True  # ~/instance, 16UC1: the segment image on thing segments only
+    overlay: bool = True  # ~/overlay (rgb8) and ~/overlay/compressed (JPEG)
+    camera_info: bool = True  # ~/camera_info, the input's of the same stamp and size
     reliability: str = "reliable"
     overlay_alpha: float = 0.5
+    jpeg_quality: int = 80  # ~/overlay/compressed
 
     def validate(self, where: str) -> None:
-        _require(self.instance_encoding in INSTANCE_ENCODINGS, where, "instance_encoding", self.instance_encoding,
-                 f"one of {INSTANCE_ENCODINGS}")
+        _require(1 <= self.jpeg_quality <= 100, where, "jpeg_quality", self.jpeg_quality, "an integer in [1, 100]")
         _require(self.reliability in RELIABILITIES, where, "reliability", self.reliability, f"one of {RELIABILITIES}")
         _require(0.0 <= self.overlay_alpha <= 1.0, where, "overlay_alpha", self.overlay_alpha, "a number in [0, 1]")
 
@@ -80,12 +82,18 @@ class FilterConfig:
 class DiagnosticsConfig:
     period: float = 1.0  # seconds between DiagnosticArray messages on /diagnostics
     window: int = 100  # frames in the latency percentiles and rates
-    min_rate_hz: float = 0.0  # warn when the output rate falls below; 0 = off
-    max_latency_ms: float = 0.0  # warn when p90 end-to-end latency exceeds; 0 = off
+    expected_rate_hz: float = 0.0  # WARN when the input rate falls below; 0 = off
+    max_drop_ratio: float = 0.5  # WARN when more of the last `window` frames are dropped or lost; 0 = off
+    stale_after: float = 5.0  # STALE after this many seconds without an image; 0 = off
+    min_rate_hz: float = 0.0  # WARN when the output rate falls below; 0 = off
+    max_latency_ms: float = 0.0  # WARN when p90 end-to-end latency exceeds; 0 = off
 
     def validate(self, where: str) -> None:
         _require(0.05 <= self.period <= 60, where, "period", self.period, "seconds in [0.05, 60]")
         _require(self.window >= 2, where, "window", self.window, "an integer >= 2")
+        _require(self.expected_rate_hz >= 0, where, "expected_rate_hz", self.expected_rate_hz, "a number >= 0")
+        _require(0 <= self.max_drop_ratio <= 1, where, "max_drop_ratio", self.max_drop_ratio, "a number in [0, 1]")
+        _require(self.stale_after >= 0, where, "stale_after", self.stale_after, "seconds >= 0")
         _require(self.min_rate_hz >= 0, where, "min_rate_hz", self.min_rate_hz, "a number >= 0")
         _require(self.max_latency_ms >= 0, where, "max_latency_ms", self.max_latency_ms, "a number >= 0")
 
@@ -143,8 +151,9 @@ class NodeConfig:
 
 
 # Changes that take effect on the next frame; everything else needs deactivate, cleanup, configure.
-_RUNTIME_PREFIXES = ("filter.", "bandwidths.", "input_scale", "max_network_width", "diagnostics.min_rate_hz",
-                     "diagnostics.max_latency_ms")
+_RUNTIME_PREFIXES = ("filter.", "bandwidths.", "input_scale", "max_network_width", "input.bit_depth",
+                     "diagnostics.min_rate_hz", "diagnostics.max_latency_ms", "diagnostics.expected_rate_hz",
+                     "diagnostics.max_drop_ratio", "diagnostics.stale_after")
 _RUNTIME_OUTPUTS = {f"output.{f.name}" for f in dataclasses.fields(OutputConfig)} - {"output.reliability"}
 
 

@@ -60,7 +60,12 @@ class SequenceGaps:
         self._last: dict[object, int] = {}
 
     def update(self, publisher: object, sequence: int | None) -> int:
-        """Record ``sequence`` from ``publisher``; the number of frames missing just before it."""
+        """Record ``sequence`` from ``publisher``; the number of frames missing just before it. ``publisher`` None:
+        the publisher cannot be told apart (several publishers, no ``publisher_gid`` in rclpy's MessageInfo before
+        Kilted), so nothing is counted and the numbering starts over."""
+        if publisher is None:
+            self._last.clear()
+            return 0
         if not sequence:  # the middleware does not number messages
             return 0
         last = self._last.get(publisher)
@@ -110,29 +115,56 @@ class ErrorThrottle:
 
 @dataclass
 class CameraStats:
-    """Rolling statistics of one camera stream; latencies in ms by stage over the last ``window`` frames."""
+    """Statistics of one camera stream since activation. Counters: ``received`` frames, and what became of them:
+    ``processed``, ``dropped`` (replaced in the node's slot before processing), ``rejected`` (malformed or failed),
+    ``lost`` (never reached the node: sequence gaps). ``recent`` holds the outcome of the last ``window`` frames,
+    ``latency`` the ms per stage of the last ``window`` processed ones."""
 
     window: int = 100
+    started: float = field(default_factory=time.monotonic)
     received: int = 0
     processed: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    lost: int = 0
+    last_input: float | None = None
     input_rate: RateMeter = field(default_factory=RateMeter)
     output_rate: RateMeter = field(default_factory=RateMeter)
     latency: dict[str, deque] = field(default_factory=dict)
+    recent: deque = field(default_factory=deque)
+
+    def __post_init__(self):
+        self.recent = deque(maxlen=self.window)
 
     def record_input(self, now: float) -> None:
         self.received += 1
+        self.last_input = now
         self.input_rate.tick(now)
 
     def record_output(self, now: float, timings_ms: dict[str, float]) -> None:
         self.processed += 1
+        self.recent.append("processed")
         self.output_rate.tick(now)
         for stage, ms in timings_ms.items():
             self.latency.setdefault(stage, deque(maxlen=self.window)).append(ms)
 
+    def record_dropped(self) -> None:
+        self.dropped += 1
+        self.recent.append("dropped")
+
+    def record_rejected(self) -> None:
+        self.rejected += 1
+        self.recent.append("rejected")
+
+    def record_lost(self, count: int) -> None:
+        self.lost += count
+        self.recent.extend(["lost"] * min(count, self.window))
+
 
 @dataclass
 class Status:
-    """One health entry: level 0 OK, 1 WARN, 2 ERROR (diagnostic_msgs/DiagnosticStatus), message, key values."""
+    """One health entry: level 0 OK, 1 WARN, 2 ERROR, 3 STALE (diagnostic_msgs/DiagnosticStatus), message, key
+    values."""
 
     level: int
     name: str
@@ -140,22 +172,44 @@ class Status:
     values: dict[str, str]
 
 
-OK, WARN, ERROR = 0, 1, 2
+OK, WARN, ERROR, STALE = 0, 1, 2, 3
+#: ERROR needs at least this many rejected frames in the window and none processed: one bad frame is only counted.
+MIN_REJECTED_FOR_ERROR = 3
 
 
-def camera_status(name: str, stats: CameraStats, dropped: int, errors: Counter, now: float, *, lost: int = 0,
-                  min_rate_hz: float = 0.0, max_latency_ms: float = 0.0) -> Status:
-    """Health of one camera: WARN when frames arrive but the output rate is under ``min_rate_hz`` or the p90 of
-    the total latency is over ``max_latency_ms`` (0 = no bound). ``dropped``: frames replaced in the node's slot
-    before processing; ``lost``: frames that never reached the node (sequence gaps)."""
+def camera_status(name: str, stats: CameraStats, errors: Counter, now: float, *, expected_rate_hz: float = 0.0,
+                  max_drop_ratio: float = 0.0, stale_after: float = 0.0, min_rate_hz: float = 0.0,
+                  max_latency_ms: float = 0.0) -> Status:
+    """Health of one camera; a bound of 0 is off. The first that holds of:
+
+    - STALE: no frame for ``stale_after`` seconds (since activation, if none came yet);
+    - ERROR: of the last ``window`` frames, at least ``MIN_REJECTED_FOR_ERROR`` were rejected and none processed;
+    - WARN: the input rate is under ``expected_rate_hz``, the share of the last ``window`` frames dropped or lost
+      is over ``max_drop_ratio``, the output rate is under ``min_rate_hz`` while frames arrive, or the p90 of the
+      total latency is over ``max_latency_ms``;
+    - OK.
+    """
     in_rate, out_rate = stats.input_rate.rate(now), stats.output_rate.rate(now)
     latency = {stage: percentiles(v) for stage, v in stats.latency.items()}
+    recent = Counter(stats.recent)
     values = {"input_rate_hz": f"{in_rate:.2f}", "output_rate_hz": f"{out_rate:.2f}", "received": str(stats.received),
-              "processed": str(stats.processed), "dropped": str(dropped), "lost_in_transport": str(lost), "rejected": str(sum(errors.values())),
-              **{f"rejected.{kind}": str(n) for kind, n in sorted(errors.items())},
+              "processed": str(stats.processed), "dropped": str(stats.dropped), "lost_in_transport": str(stats.lost),
+              "rejected": str(stats.rejected), **{f"rejected.{kind}": str(n) for kind, n in sorted(errors.items())},
               **{f"latency_ms.{stage}.{p}": f"{v:.1f}" for stage, ps in latency.items() for p, v in ps.items()
                  if p in ("p50", "p90", "p99")}}
+    idle = now - (stats.started if stats.last_input is None else stats.last_input)
+    if stale_after and idle > stale_after:
+        since = "since activation" if stats.last_input is None else "since the last one"
+        return Status(STALE, name, f"no image for {idle:.1f} s ({since})", values)
+    if recent["rejected"] >= MIN_REJECTED_FOR_ERROR and not recent["processed"]:
+        kinds = ", ".join(f"{kind} {n}" for kind, n in errors.most_common())
+        return Status(ERROR, name, f"every frame rejected: the last {recent['rejected']} ({kinds})", values)
     problems = []
+    if expected_rate_hz and in_rate < expected_rate_hz:
+        problems.append(f"input rate {in_rate:.1f} Hz below the expected {expected_rate_hz:g} Hz")
+    lost = recent["dropped"] + recent["lost"]
+    if max_drop_ratio and stats.recent and lost / len(stats.recent) > max_drop_ratio:
+        problems.append(f"{lost} of the last {len(stats.recent)} frames dropped or lost (above {max_drop_ratio:.0%})")
     if min_rate_hz and in_rate > 0 and out_rate < min_rate_hz:
         problems.append(f"output rate {out_rate:.1f} Hz below {min_rate_hz:g} Hz")
     total_p90 = latency.get("total", {}).get("p90")
@@ -163,5 +217,5 @@ def camera_status(name: str, stats: CameraStats, dropped: int, errors: Counter, 
         problems.append(f"p90 latency {total_p90:.0f} ms above {max_latency_ms:g} ms")
     if problems:
         return Status(WARN, name, "; ".join(problems), values)
-    message = "waiting for images" if not stats.received else f"{out_rate:.1f} Hz, {dropped} dropped"
+    message = "waiting for images" if not stats.received else f"{out_rate:.1f} Hz, {stats.dropped} dropped"
     return Status(OK, name, message, values)

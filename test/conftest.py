@@ -14,10 +14,10 @@ import torch
 from panoptic_ros.checkpoint import save_weights
 from panoptic_ros.config import config_from_dict
 from panoptic_ros.models import build_model
-from panoptic_ros.ros.env import configure_ros_environment
+from panoptic_ros.ros.env import isolate
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-configure_ros_environment()  # the shipped Fast DDS profile, as the node's own main() would set it
+isolate()  # and the shipped shared-memory Fast DDS profile, for 2 MP frames
 # Domains 1..100 keep Fast DDS's well-known ports out of the ephemeral range.
 os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
 

@@ -212,12 +212,16 @@ def test_panoptic_messages_round_trip_as_labels(tmp_path, rgb):
         (_, msgtype, _, data), = bag.messages({"/gt/panoptic"})
     np.testing.assert_array_equal(frame.labels["panoptic"], panoptic)
     msg = bag.store.deserialize_cdr(data, msgtype)
-    assert msgtype == PANOPTIC and msg.panoptic.encoding == "32SC1" and msg.latency.nanosec == 1500
+    assert msgtype == PANOPTIC and msg.panoptic.encoding == "16UC1" and msg.latency.nanosec == 1500
+    segment_map = np.frombuffer(msg.panoptic.data, np.uint16).reshape(panoptic.shape)  # index + 1, 0 void
+    assert segment_map[0, 0] == 2 and segment_map[10, 10] == 1 and segment_map[-1, -1] == 0
     car = msg.segments[1]
     assert (car.id, car.class_name, car.is_thing, car.area) == (8000, "car", True, 30)
     assert (car.bbox.x_offset, car.bbox.y_offset, car.bbox.width, car.bbox.height) == (0, 0, 6, 5)
     assert [c.name for c in msg.classes] == [c.name for c in CAMVID.classes]
     assert msg.classes[8].color.r == pytest.approx(64 / 255) and msg.classes[8].color.a == 1.0
+    with BagWriter(tmp_path / "unknown.mcap") as bag, pytest.raises(ValueError, match=r"ids \[8000\] have no segment"):
+        bag.write_panoptic("/gt/panoptic", SECOND, panoptic, segments[:1], CAMVID, "camera", "gt")
 
 
 @pytest.mark.parametrize("name", ["bag.mcap", "bag.db3", "bag_dir"])

@@ -17,6 +17,7 @@ from panoptic_ros.evaluation import evaluate
 from panoptic_ros.make_bag import main as make_bag
 from panoptic_ros.metrics import InstanceAP, PanopticQuality, SemanticIoU, panoptic_from_labels
 from panoptic_ros.predictor import DEFAULT_WEIGHTS, Predictor
+from panoptic_ros.postprocess import Segment
 
 TOPIC = "/camera/image_raw"
 SECOND = 1_000_000_000
@@ -125,6 +126,13 @@ def test_frames_without_ground_truth_are_counted(toy_camvid, tiny_weights, tmp_p
     assert "| not scored: no label with the frame's stamp | 2 |" in (tmp_path / "eval" / "report.md").read_text()
 
 
+def segments_of(panoptic):
+    """The segments of a panoptic id map (only the ids matter to a label bag)."""
+    ids = sorted(set(np.unique(panoptic).tolist()) - {-1})
+    return [Segment(i, i // 1000 if i >= 1000 else i, CAMVID[i // 1000 if i >= 1000 else i].name, i >= 1000, 1.0,
+                    int((panoptic == i).sum()), (0, 0, 1, 1)) for i in ids]
+
+
 def write_bag_with_labels(path, frames):
     """frames: (rgb, labels) pairs; labels maps a kind to an array (semantic mono8, instances 32SC1, panoptic)."""
     with BagWriter(path) as bag:
@@ -136,7 +144,8 @@ def write_bag_with_labels(path, frames):
             if "instances" in labels:
                 bag.write_image("/l/instances", stamp, labels["instances"], "32SC1", "camera")
             if "panoptic" in labels:
-                bag.write_panoptic("/l/panoptic", stamp, labels["panoptic"], [], CAMVID, "camera", "gt")
+                bag.write_panoptic("/l/panoptic", stamp, labels["panoptic"], segments_of(labels["panoptic"]), CAMVID,
+                                   "camera", "gt")
 
 
 def toy_frame(height=64, width=96):

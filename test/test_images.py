@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from panoptic_ros.images import (
+    bit_depth_of,
     RGB_ENCODINGS,
     ImageError,
     array_to_image,
@@ -39,10 +40,23 @@ def test_every_encoding_round_trips_with_row_padding(rgb, encoding, padding):
     assert out.shape == rgb.shape and out.dtype == np.uint8 and out.flags.c_contiguous
     if encoding in LOSSLESS:
         np.testing.assert_array_equal(out, rgb)
-    elif encoding in ("mono8", "8UC1", "mono16", "16UC1"):
+    elif encoding in ("mono8", "8UC1", "mono16"):
         np.testing.assert_array_equal(out[..., 0], cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
     else:  # yuv422 / bayer: colours survive, within interpolation error
         assert np.abs(out.astype(int) - rgb).mean() < 6, encoding
+
+
+def test_12_bit_mono16_keeps_its_top_8_bits():
+    """A 12-bit sensor's mono16 frame (values < 4096): the default 16-bit scaling makes it near-black (cv_bridge's
+    behaviour); bit_depth 12 keeps its top 8 bits, and bit_depth_of tells the depth from the values."""
+    values = np.array([[0, 15, 16, 2048, 4095, 65535]], np.uint16)
+    data = values.tobytes()
+    assert image_to_rgb("mono16", 1, 6, 12, data)[0, :, 0].tolist() == [0, 0, 0, 8, 15, 255]
+    assert image_to_rgb("mono16", 1, 6, 12, data, bit_depth=12)[0, :, 0].tolist() == [0, 0, 1, 128, 255, 255]
+    assert image_to_rgb("rgb16", 1, 2, 12, data, bit_depth=12)[0].tolist() == [[0, 0, 1], [128, 255, 255]]
+    assert [bit_depth_of(np.array([v], np.uint16)) for v in (0, 1023, 1024, 4095, 4096, 16384)] == [10, 10, 12, 12, 14, 16]
+    with pytest.raises(ValueError, match="bit_depth 8"):
+        image_to_rgb("mono16", 1, 6, 12, data, bit_depth=8)
 
 
 def test_bayer_pattern_names_follow_ros(rgb):
@@ -75,6 +89,8 @@ def test_label_images_keep_their_values():
     ("size", ("yuv422", 2, 3, 6, bytes(12)), "width 3 must be even"),
     ("too_large", ("mono8", 8192, 8192, 8192, b""), "above the limit"),
     ("encoding", ("32SC1", 1, 1, 4, bytes(4)), "not a camera image"),
+    ("encoding", ("16UC1", 1, 1, 2, bytes(2)), r"a depth image \(REP 118\)"),
+    ("encoding", ("32FC1", 1, 1, 4, bytes(4)), r"a depth image \(REP 118\)"),
 ])
 def test_bad_images_raise_with_a_kind(kind, args, message):
     with pytest.raises(ImageError, match=message) as error:

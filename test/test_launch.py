@@ -50,8 +50,20 @@ def test_cameras_argument_and_remappings(panoptic):
     assert dict(panoptic.remappings(defaults(panoptic))) == {
         "image": "/camera/image_raw", "image/compressed": "/camera/image_raw/compressed",
         "camera_info": "/camera/camera_info"}
-    assert panoptic.rviz_topics(defaults(panoptic, cameras="front", namespace="car")) == {
-        "image": "/car/front/image", "overlay": "/car/panoptic_node/front/overlay"}
+    assert panoptic.rviz_topics(defaults(panoptic, cameras="front", namespace="car", fastdds_profile="shm")) == {
+        "image": "/car/front/image", "overlay": "/car/panoptic_node/front/overlay", "fastdds_profile": "shm"}
+
+
+def test_autostart_and_fastdds_profile_arguments(panoptic):
+    from panoptic_ros.ros.env import FASTDDS_PROFILE
+
+    assert panoptic.node_parameters(defaults(panoptic))["autostart"] is True
+    assert panoptic.node_parameters(defaults(panoptic, autostart="false"))["autostart"] is False
+    assert panoptic.process_environment(defaults(panoptic)) == {}  # the deployment's network settings
+    assert panoptic.process_environment(defaults(panoptic, fastdds_profile="shm")) == {
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE), "FASTRTPS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE)}
+    source = (REPO / "launch" / "panoptic.launch.py").read_text()
+    assert "LifecycleNode(" in source and "additional_env=process_environment(values)" in source
 
 
 def test_rviz_config_shows_the_input_and_the_nodes_overlay(panoptic):

@@ -18,7 +18,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "config"
 
 
 def params_file(name: str) -> dict:
-    """Dotted parameter names of a shipped params file (``panoptic_node: ros__parameters:``), flattened as rcl does."""
+    """Dotted parameter names of a shipped params file (``/**: ros__parameters:``), flattened as rcl does."""
     out = {}
 
     def walk(mapping: dict, prefix: str) -> None:
@@ -28,7 +28,7 @@ def params_file(name: str) -> dict:
             else:
                 out[f"{prefix}{key}"] = value
 
-    walk(yaml.safe_load((CONFIG / name).read_text())["panoptic_node"]["ros__parameters"], "")
+    walk(yaml.safe_load((CONFIG / name).read_text())["/**"]["ros__parameters"], "")
     return out
 
 

@@ -4,7 +4,8 @@ import threading
 import time
 from collections import Counter
 
-from panoptic_ros.runtime import OK, WARN, CameraStats, ErrorThrottle, FrameSlots, RateMeter, SequenceGaps, camera_status
+from panoptic_ros.runtime import (ERROR, MIN_REJECTED_FOR_ERROR, OK, STALE, WARN, CameraStats, ErrorThrottle, FrameSlots,
+                                  RateMeter, SequenceGaps, camera_status)
 
 
 def test_a_slot_keeps_only_the_newest_frame_and_counts_drops():
@@ -56,17 +57,68 @@ def test_rate_meter():
     assert meter.rate(10.0) == 0.0
 
 
+def steady(stats: CameraStats, frames: int, period: float = 0.1) -> None:
+    for k in range(frames):
+        stats.record_input(k * period)
+        stats.record_output(k * period, {"model": 50.0, "total": 120.0})
+
+
 def test_camera_status_warns_on_rate_and_latency_bounds():
-    stats = CameraStats(window=10)
+    stats = CameraStats(window=10, started=0.0)
     stats.input_rate._start = stats.output_rate._start = 0.0
-    for k in range(10):
-        stats.record_input(k * 0.1)
-        stats.record_output(k * 0.1, {"model": 50.0, "total": 120.0})
-    ok = camera_status("cam", stats, 3, Counter(step=2), 1.0)
+    steady(stats, 10)
+    stats.dropped = 3
+    ok = camera_status("cam", stats, Counter(step=2), 1.0)
     assert ok.level == OK and ok.values["dropped"] == "3" and ok.values["rejected.step"] == "2"
     assert ok.values["latency_ms.total.p90"] == "120.0"
-    slow = camera_status("cam", stats, 0, Counter(), 1.0, min_rate_hz=30, max_latency_ms=100)
+    slow = camera_status("cam", stats, Counter(), 1.0, min_rate_hz=30, max_latency_ms=100)
     assert slow.level == WARN and "below 30 Hz" in slow.message and "above 100 ms" in slow.message
+    # exactly at a bound is still OK: 10 frames in 1 s is 10 Hz, latency p90 120 ms
+    assert camera_status("cam", stats, Counter(), 1.0, expected_rate_hz=10, max_latency_ms=120).level == OK
+    late = camera_status("cam", stats, Counter(), 1.0, expected_rate_hz=10.5)
+    assert late.level == WARN and "input rate 10.0 Hz below the expected 10.5 Hz" in late.message
+
+
+def test_camera_status_warns_on_drops_above_the_ratio():
+    stats = CameraStats(window=10, started=0.0)
+    steady(stats, 5)
+    for _ in range(3):
+        stats.record_dropped()
+    stats.record_lost(2)  # 5 of the last 10 frames dropped or lost
+    assert camera_status("cam", stats, Counter(), 0.5, max_drop_ratio=0.5).level == OK
+    warn = camera_status("cam", stats, Counter(), 0.5, max_drop_ratio=0.4)
+    assert warn.level == WARN and "5 of the last 10 frames dropped or lost" in warn.message
+    assert warn.values["dropped"] == "3" and warn.values["lost_in_transport"] == "2"
+
+
+def test_camera_status_is_error_when_every_recent_frame_is_rejected():
+    stats = CameraStats(window=4, started=0.0)
+    steady(stats, 1)
+    for k in range(3):
+        stats.record_input(1 + k)
+        stats.record_rejected()
+    assert camera_status("cam", stats, Counter(encoding=3), 3.0).level == OK  # a processed frame in the window
+    stats.record_input(4)
+    stats.record_rejected()  # the window now holds four rejections
+    error = camera_status("cam", stats, Counter(encoding=4), 4.0)
+    assert error.level == ERROR and "every frame rejected" in error.message and "encoding 4" in error.message
+    few = CameraStats(window=4, started=0.0)
+    for _ in range(MIN_REJECTED_FOR_ERROR - 1):
+        few.record_rejected()
+    assert camera_status("cam", few, Counter(step=2), 0.0).level == OK
+
+
+def test_camera_status_is_stale_without_input():
+    stats = CameraStats(window=4, started=10.0)
+    assert camera_status("cam", stats, Counter(), 12.0, stale_after=2.0).level == OK  # exactly at the bound
+    never = camera_status("cam", stats, Counter(), 12.5, stale_after=2.0)
+    assert never.level == STALE and "since activation" in never.message
+    stats.record_input(20.0)
+    stats.record_output(20.0, {"total": 1.0})
+    assert camera_status("cam", stats, Counter(), 21.0, stale_after=2.0).level == OK
+    dead = camera_status("cam", stats, Counter(), 25.0, stale_after=2.0)
+    assert dead.level == STALE and "no image for 5.0 s (since the last one)" in dead.message
+    assert camera_status("cam", stats, Counter(), 25.0).level == OK  # 0 = off
 
 
 def test_sequence_gaps_count_frames_lost_before_the_node():
@@ -75,3 +127,4 @@ def test_sequence_gaps_count_frames_lost_before_the_node():
     assert gaps.update("b", 1) == 0 and gaps.update("b", 3) == 1  # publishers are numbered apart
     assert gaps.update("a", 2) == 0 and gaps.update("a", 3) == 0  # a restarted publisher
     assert gaps.update("a", None) == 0 and gaps.lost == 3
+    assert gaps.update(None, 9) == 0 and gaps.update("a", 9) == 0 and gaps.lost == 3  # an unknown publisher resets

@@ -24,7 +24,6 @@ from rclpy.serialization import deserialize_message
 from panoptic_ros.bags import BagError, BagReader
 from panoptic_ros.evaluate_bag import DEFAULT_BAG
 
-from .env import configure_ros_environment
 from .panoptic_node import qos
 
 
@@ -110,7 +109,6 @@ def main(argv=None) -> None:
     parser.add_argument("--wait-subscribers", type=int, default=0, help="wait until each topic has this many")
     parser.add_argument("--loop", action="store_true")
     opts, ros_args = parser.parse_known_args(argv)
-    configure_ros_environment()
     rclpy.init(args=ros_args)
     node = rclpy.create_node("bag_player")
     try:

@@ -36,11 +36,11 @@ from panoptic_ros.evaluation import EvaluationAccumulator, describe_commit, perc
 from panoptic_ros.images import image_to_array
 from panoptic_ros.make_bag import DEFAULT_TOPIC
 from panoptic_ros.msg import PanopticSegmentation
-from panoptic_ros.postprocess import Segment
+from panoptic_ros.postprocess import Segment, ids_from_segment_map
 from panoptic_ros.predictor import Prediction
 
 from .bag_player import BagPlayer
-from .env import configure_ros_environment
+from .env import isolate
 from .panoptic_node import qos
 
 NODE = "replay_panoptic_node"
@@ -66,7 +66,7 @@ class Recorder:
 
 def start_node(topic: str, info_topic: str | None, params: dict[str, str], log_path: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "panoptic_ros.ros.panoptic_node", "--ros-args", "-r", f"__node:={NODE}",
-               "-r", f"image:={topic}", "-p", "output.instance_encoding:=32SC1"]
+               "-r", f"image:={topic}"]
     if info_topic:
         command += ["-r", f"camera_info:={info_topic}"]
     for name, value in params.items():
@@ -93,20 +93,22 @@ def table_of(msg: PanopticSegmentation) -> ClassTable:
 
 
 def prediction_from_messages(panoptic: PanopticSegmentation, semantic: Image, instance: Image) -> Prediction:
-    """The node's result for one frame as a Prediction (what the evaluators score)."""
+    """The node's result for one frame as a Prediction (what the evaluators score): segment ids from the 16UC1
+    segment image, instance k for the pixels of segment index k (``~/instance``)."""
     pixels = {name: image_to_array(m.encoding, m.height, m.width, m.step, m.data, bool(m.is_bigendian))
               for name, m in (("panoptic", panoptic.panoptic), ("semantic", semantic), ("instance", instance))}
     segments = [Segment(s.id, s.class_id, s.class_name, s.is_thing, float(s.score), s.area,
                         (s.bbox.x_offset, s.bbox.y_offset, s.bbox.width, s.bbox.height)) for s in panoptic.segments]
-    return Prediction(torch.from_numpy(pixels["semantic"].astype(np.int64)),
-                      torch.from_numpy(pixels["instance"].astype(np.int64)),
-                      torch.from_numpy(pixels["panoptic"].copy()), segments)
+    ids = ids_from_segment_map(pixels["panoptic"], [s.id for s in segments])
+    return Prediction(torch.from_numpy(pixels["semantic"].copy()),
+                      torch.from_numpy(pixels["instance"].astype(np.int64) - 1), torch.from_numpy(ids), segments,
+                      torch.from_numpy(pixels["panoptic"].view(np.int16).copy()))
 
 
 def replay(bag: Path, out: Path, topic: str = DEFAULT_TOPIC, rate: float = 1.0, params: dict | None = None,
            evaluate: bool = False, label_topics=DEFAULT_LABEL_TOPICS, startup_timeout: float = 120.0) -> dict:
     """Play ``bag`` into a fresh node process and record its outputs; returns the summary (see module doc)."""
-    configure_ros_environment()
+    isolate()  # an offline evaluation: its node and player stay on this host, off the vehicle's network
     with BagReader(bag) as reader:
         topics = reader.topics
         info = next((t for t, i in topics.items() if i.msgtype == CAMERA_INFO and

@@ -1,4 +1,4 @@
-"""The Fast DDS profile loads cleanly and configure_ros_environment() sets defaults without overriding."""
+"""The Fast DDS profile loads cleanly on Fast DDS 2 and 3; tools isolate themselves, the node sets nothing."""
 
 import os
 import re
@@ -6,25 +6,49 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
-from panoptic_ros.ros.env import FASTDDS_PROFILE, configure_ros_environment
+import pytest
+
+from panoptic_ros.ros import panoptic_node
+from panoptic_ros.ros.env import FASTDDS_PROFILE, PROFILE_VARIABLES, isolate, profile_environment
 
 NS = {"dds": "http://www.eprosima.com"}
 
 
-def test_defaults_are_set_when_unset():
+def test_isolate_sets_loopback_and_both_profile_variables_where_unset():
     environ = {}
-    assert configure_ros_environment(environ) == {
-        "FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE),
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-    }
-    assert environ["FASTDDS_DEFAULT_PROFILES_FILE"] == str(FASTDDS_PROFILE)
+    assert isolate(environ) == {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+                                "FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE),
+                                "FASTRTPS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE)}
 
 
-def test_values_already_set_are_kept():
-    environ = {"FASTDDS_DEFAULT_PROFILES_FILE": "/etc/site_profile.xml", "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}
-    configure_ros_environment(environ)
-    assert environ == {"FASTDDS_DEFAULT_PROFILES_FILE": "/etc/site_profile.xml",
+def test_isolate_keeps_what_is_set_and_completes_a_half_set_profile(tmp_path):
+    site = tmp_path / "site.xml"
+    site.write_text("<profiles/>")
+    environ = {"FASTRTPS_DEFAULT_PROFILES_FILE": str(site), "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}
+    isolate(environ)  # a Jazzy user's own profile also reaches Fast DDS 3
+    assert environ == {"FASTDDS_DEFAULT_PROFILES_FILE": str(site), "FASTRTPS_DEFAULT_PROFILES_FILE": str(site),
                        "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}
+
+
+def test_profile_environment_is_opt_in(tmp_path):
+    assert profile_environment("") == {}
+    assert profile_environment("shm") == {name: str(FASTDDS_PROFILE) for name in PROFILE_VARIABLES}
+    with pytest.raises(FileNotFoundError, match="missing.xml does not exist"):
+        profile_environment(str(tmp_path / "missing.xml"))
+
+
+def test_the_node_process_sets_no_network_variables(monkeypatch):
+    """main() leaves discovery range and transport to the deployment (here it stops before spinning)."""
+    for name in ("ROS_AUTOMATIC_DISCOVERY_RANGE", *PROFILE_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+    before = dict(os.environ)
+
+    def stop(node):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(panoptic_node.rclpy, "spin", stop)
+    panoptic_node.main(["--ros-args", "-p", "autostart:=false"])
+    assert dict(os.environ) == before
 
 
 def test_profile_is_loopback_only_with_a_64mb_shared_memory_segment():
@@ -48,8 +72,8 @@ def test_profile_is_loopback_only_with_a_64mb_shared_memory_segment():
 
 PROBE = """
 import time, rclpy
-from panoptic_ros.ros.env import configure_ros_environment
-configure_ros_environment()
+from panoptic_ros.ros.env import isolate
+isolate()
 from std_msgs.msg import String
 rclpy.init()
 node = rclpy.create_node("profile_probe")
@@ -67,7 +91,7 @@ rclpy.shutdown()
 
 def test_fast_dds_accepts_the_profile():
     """Fast DDS reports XML errors on stderr and then silently uses its defaults, so look for them there."""
-    env = {k: v for k, v in os.environ.items() if k != "FASTDDS_DEFAULT_PROFILES_FILE"}
+    env = {k: v for k, v in os.environ.items() if k not in PROFILE_VARIABLES}
     result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "XMLPARSER" not in result.stderr and "Error" not in result.stderr, result.stderr

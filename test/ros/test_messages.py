@@ -1,6 +1,5 @@
 """Round trip of each panoptic_ros message through rclpy: publish, receive in the same process, compare fields."""
 
-import sys
 import time
 
 import numpy as np
@@ -14,6 +13,7 @@ from sensor_msgs.msg import Image, RegionOfInterest
 from std_msgs.msg import ColorRGBA, Header
 
 from panoptic_ros.msg import ClassInfo, PanopticSegmentation, Segment
+from panoptic_ros.postprocess import VOID_ID, ids_from_segment_map, segment_map_from_ids
 
 RECEIVE_TIMEOUT_S = 10.0
 
@@ -41,7 +41,7 @@ def make_panoptic_image() -> np.ndarray:
     ids[2:5, 1:4] = 13 * off + 0  # car 0
     ids[3:5, 5:8] = 13 * off + 1  # car 1
     ids[1:4, 8] = 11 * off + 0  # person 0
-    ids[0, 0] = ids[5, 8] = PanopticSegmentation.VOID_ID
+    ids[0, 0] = ids[5, 8] = VOID_ID
     return ids
 
 
@@ -49,7 +49,7 @@ def make_segments(ids: np.ndarray, classes: list[ClassInfo]) -> list[Segment]:
     by_id = {c.id: c for c in classes}
     segments = []
     for segment_id in np.unique(ids):
-        if segment_id == PanopticSegmentation.VOID_ID:
+        if segment_id == VOID_ID:
             continue
         cls = by_id[int(segment_id) // PanopticSegmentation.INSTANCE_OFFSET if segment_id >= 1000 else int(segment_id)]
         ys, xs = np.nonzero(ids == segment_id)
@@ -65,9 +65,11 @@ def make_panoptic_segmentation() -> PanopticSegmentation:
     ids = make_panoptic_image()
     header = Header(stamp=Time(sec=1_700_000_000, nanosec=123_456_789), frame_id="camera_optical")
     classes = make_class_table()
-    image = Image(header=header, height=ids.shape[0], width=ids.shape[1], encoding="32SC1",
-                  is_bigendian=int(sys.byteorder == "big"), step=ids.shape[1] * 4, data=ids.tobytes())
-    return PanopticSegmentation(header=header, panoptic=image, segments=make_segments(ids, classes),
+    segments = make_segments(ids, classes)
+    index = segment_map_from_ids(ids, [s.id for s in segments])
+    image = Image(header=header, height=ids.shape[0], width=ids.shape[1], encoding="16UC1", is_bigendian=0,
+                  step=ids.shape[1] * 2, data=index.astype("<u2").tobytes())
+    return PanopticSegmentation(header=header, panoptic=image, segments=segments,
                                 classes=classes, model="panonet_r18_cityscapes", mode="fast",
                                 latency=Duration(sec=0, nanosec=41_500_000))
 
@@ -122,7 +124,7 @@ def round_trip(context: Context, msg_type, sent):
 
 
 def test_constants():
-    assert PanopticSegmentation.VOID_ID == -1
+    assert PanopticSegmentation.VOID == 0
     assert PanopticSegmentation.INSTANCE_OFFSET == 1000
 
 
@@ -142,9 +144,10 @@ def test_panoptic_segmentation_round_trip(ros_context):
     assert len(sent.segments) == 5 and len(sent.classes) == 4
     received = round_trip(ros_context, PanopticSegmentation, sent)
     assert_fields_equal(received, sent)
-    # The id image decodes back to the same pixels, and each segment's pixels are where the image holds its id.
-    ids = np.frombuffer(bytes(received.panoptic.data), dtype=np.int32).reshape(received.panoptic.height,
-                                                                                received.panoptic.width)
-    np.testing.assert_array_equal(ids, make_panoptic_image())
-    for segment in received.segments:
-        assert np.count_nonzero(ids == segment.id) == segment.area
+    # The segment image decodes back to the same ids, and each segment's pixels are where it holds index + 1.
+    index = np.frombuffer(bytes(received.panoptic.data), dtype="<u2").reshape(received.panoptic.height,
+                                                                               received.panoptic.width)
+    np.testing.assert_array_equal(ids_from_segment_map(index, [s.id for s in received.segments]),
+                                  make_panoptic_image())
+    for k, segment in enumerate(received.segments):
+        assert np.count_nonzero(index == k + 1) == segment.area

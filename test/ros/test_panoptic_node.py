@@ -19,12 +19,15 @@ from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
-from panoptic_ros.checkpoint import read_weights, save_state
+from panoptic_ros.checkpoint import read_weights, save_state, save_weights
+from panoptic_ros.config import config_from_dict
 from panoptic_ros.images import RGB_ENCODINGS, rgb_to_compressed, rgb_to_image
 from panoptic_ros.msg import PanopticSegmentation
+from panoptic_ros.models import build_model
 from panoptic_ros.predictor import DEFAULT_WEIGHTS, Predictor
 from panoptic_ros.ros import panoptic_node
 from panoptic_ros.ros.panoptic_node import PanopticNode
@@ -33,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "panoptic_ros" / "data" / "samples" / "camvid_0016E5_08001.png"
 TIMEOUT = 20.0
 OUTPUT_TYPES = {"semantic": Image, "instance": Image, "panoptic": PanopticSegmentation, "panoptic_image": Image,
-                "overlay": Image, "camera_info": CameraInfo}
+                "overlay": Image, "overlay/compressed": CompressedImage, "camera_info": CameraInfo}
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,9 @@ class Harness:
         self.executor.add_node(self.tester)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
+        if params.get("autostart", True):  # autostart runs once spinning: until it succeeded or failed
+            assert self.wait(lambda: self.node.state == "active" or self.node._failure and
+                             self.node.state == "unconfigured", 120), "autostart hung"
 
     def listen(self, topic, msg_type, depth=50):
         self.tester.create_subscription(msg_type, topic, self.received[topic].append, depth)
@@ -140,24 +146,33 @@ def check_outputs(h, stamp, rgb_shape, prefix="/panoptic_node", names=tuple(OUTP
     msgs = {name: h.wait_output(f"{prefix}/{name}", stamp) for name in names}
     for name, msg in msgs.items():
         assert msg.header == sent, name
-    for name, encoding in (("semantic", "mono8"), ("instance", "mono16"), ("panoptic_image", "32SC1"),
+    for name, encoding in (("semantic", "mono8"), ("instance", "16UC1"), ("panoptic_image", "16UC1"),
                            ("overlay", "rgb8")):
-        assert (msgs[name].encoding, msgs[name].height, msgs[name].width) == (encoding, height, width), name
+        if name in msgs:
+            assert (msgs[name].encoding, msgs[name].height, msgs[name].width) == (encoding, height, width), name
     panoptic = msgs["panoptic"]
-    assert panoptic.panoptic == msgs["panoptic_image"] and panoptic.mode == "fast"
-    assert [c.name for c in panoptic.classes][:3] == ["sky", "building", "pole"]
-    ids = np.frombuffer(panoptic.panoptic.data, np.int32).reshape(height, width)
-    present = set(np.unique(ids).tolist()) - {PanopticSegmentation.VOID_ID}
-    assert {s.id for s in panoptic.segments} == present and present
-    for s in panoptic.segments:
-        ys, xs = np.nonzero(ids == s.id)
+    assert panoptic.mode == "fast" and [c.name for c in panoptic.classes][:3] == ["sky", "building", "pole"]
+    assert (panoptic.panoptic.encoding, panoptic.panoptic.height, panoptic.panoptic.width) == ("16UC1", height, width)
+    index = np.frombuffer(panoptic.panoptic.data, np.uint16).reshape(height, width)  # index + 1, 0 void
+    assert set(np.unique(index).tolist()) - {PanopticSegmentation.VOID} == set(range(1, len(panoptic.segments) + 1))
+    assert [s.id for s in panoptic.segments] == sorted(s.id for s in panoptic.segments) and panoptic.segments
+    semantic = np.frombuffer(msgs["semantic"].data, np.uint8).reshape(height, width)
+    for k, s in enumerate(panoptic.segments):
+        ys, xs = np.nonzero(index == k + 1)
         assert s.area == len(ys) and s.class_name == panoptic.classes[s.class_id].name
         assert (s.bbox.x_offset, s.bbox.y_offset, s.bbox.width, s.bbox.height) == (
             xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
         assert s.is_thing == (s.id >= PanopticSegmentation.INSTANCE_OFFSET)
-    semantic = np.frombuffer(msgs["semantic"].data, np.uint8).reshape(height, width)
-    for s in panoptic.segments:
-        assert (semantic[ids == s.id] == s.class_id).all()
+        assert (semantic[ys, xs] == s.class_id).all()
+    if "panoptic_image" in msgs:
+        assert msgs["panoptic_image"] == panoptic.panoptic
+    if "instance" in msgs:  # the same indices, on thing segments only
+        instance = np.frombuffer(msgs["instance"].data, np.uint16).reshape(height, width)
+        things = np.array([0] + [k + 1 if s.is_thing else 0 for k, s in enumerate(panoptic.segments)])
+        np.testing.assert_array_equal(instance, things[index])
+    if "overlay/compressed" in msgs:
+        jpeg = cv2.imdecode(np.frombuffer(msgs["overlay/compressed"].data, np.uint8), cv2.IMREAD_COLOR)
+        assert jpeg.shape == (height, width, 3) and "jpeg" in msgs["overlay/compressed"].format
     assert panoptic.latency.sec > 0 or panoptic.latency.nanosec > 0
     return msgs
 
@@ -168,10 +183,11 @@ def test_every_encoding_gives_every_output_with_the_input_header(harness, frame)
     pub = h.publisher("/image")
     info_pub = h.publisher("/camera_info", CameraInfo)
     h.wait_matched(*(f"/panoptic_node/{name}" for name in OUTPUT_TYPES))
-    info_pub.publish(CameraInfo(header=header(0), width=160, height=120, distortion_model="plumb_bob"))
-    assert h.wait(lambda: h.node._cameras[""].camera_info is not None)
     expected = Predictor.from_weights(device="cpu")(frame).semantic.numpy()
+    camera = h.node._cameras[""]
     for stamp, encoding in enumerate(RGB_ENCODINGS, start=1):
+        info_pub.publish(CameraInfo(header=header(stamp), width=160, height=120, distortion_model="plumb_bob"))
+        assert h.wait(lambda: any(i.header.stamp.sec == stamp for i in camera.camera_infos))
         pub.publish(image(frame, encoding, stamp, padding=8 if stamp % 2 else 0))
         msgs = check_outputs(h, stamp, frame.shape)
         assert msgs["camera_info"].distortion_model == "plumb_bob"
@@ -251,7 +267,7 @@ def test_a_huge_frame_is_rejected_before_decoding(harness, frame):
     camera = h.node._cameras[""]
     huge = Image(header=header(1), height=8192, width=8192, encoding="rgb8", step=8192 * 3)
     huge.data = array.array("B", bytes(8192 * 8192 * 3))
-    h.node._process(camera, huge, time.perf_counter())
+    h.node._process(camera, serialize_message(huge), time.perf_counter())
     assert camera.errors.counts == {"too_large": 1}
 
 
@@ -340,18 +356,30 @@ def test_runtime_parameter_changes_are_validated_and_applied(harness, frame):
     assert not h.received["/panoptic_node/overlay"]
 
 
-def test_params_file_sets_the_node(frame):
+def test_params_file_reaches_a_namespaced_renamed_node():
+    """config/fast.yaml is keyed /**: under namespace:=front and another node name, every value of the file is
+    an override of this node (a file keyed panoptic_node: would be silently ignored here) and took effect."""
+    import yaml
+
+    def walk(tree, prefix=""):
+        for key, value in tree.items():
+            yield from walk(value, f"{prefix}{key}.") if isinstance(value, dict) else [(prefix + key, value)]
+
+    values = dict(walk(yaml.safe_load((REPO / "config" / "fast.yaml").read_text())["/**"]["ros__parameters"]))
     context = Context()
     rclpy.init(context=context, args=["--ros-args", "--params-file", str(REPO / "config" / "fast.yaml"),
-                                      "-p", "device:=cpu", "-p", "output.instance_encoding:=32SC1",
-                                      "-p", "bandwidths.car:=0.8"])
+                                      "-r", "__ns:=/front", "-r", "__node:=segmenter", "-p", "autostart:=false",
+                                      "-p", "device:=cpu", "-p", "output.jpeg_quality:=55", "-p", "bandwidths.car:=0.8"])
     try:
         node = PanopticNode(context=context)
-        assert node.get_parameter("input.cameras").value == [""]
-        assert node.get_parameter("output.instance_encoding").value == "32SC1"
-        assert node.get_parameter("bandwidths.bicyclist").value == 1.0
-        assert node._predictor.postprocess.bandwidths[8] == 0.8 and node._config.output.instance_encoding == "32SC1"
-        node.stop_serving()
+        assert node.get_fully_qualified_name() == "/front/segmenter"
+        assert set(values) <= set(node._parameter_overrides)
+        for name, value in values.items():
+            if name not in ("autostart", "device", "output.jpeg_quality"):  # set on the command line above
+                assert node.get_parameter(name).value == value, name
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.get_parameter("bandwidths.bicyclist").value == 1.0  # from the weights
+        assert node._predictor.postprocess.bandwidths[8] == 0.8 and node._config.output.jpeg_quality == 55
         node.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
@@ -420,3 +448,229 @@ def test_node_process_exits_cleanly_on_sigint(tmp_path):
         assert process.wait(timeout=20) == 0
     finally:
         process.kill()
+
+
+def statuses(h, name):
+    """Every DiagnosticStatus named ``name`` received so far, oldest first."""
+    return [s for array in h.received["/diagnostics"] for s in array.status if s.name == name]
+
+
+def wait_level(h, name, level, timeout=TIMEOUT):
+    assert h.wait(lambda: statuses(h, name) and statuses(h, name)[-1].level == bytes([level]), timeout), (
+        name, level, [(s.level, s.message) for s in statuses(h, name)[-3:]])
+    return statuses(h, name)[-1]
+
+
+def test_diagnostics_levels_ok_stale_error_warn(harness, frame):
+    h = harness(**{"diagnostics.period": 0.1, "diagnostics.stale_after": 1.0, "diagnostics.window": 4})
+    h.listen("/diagnostics", DiagnosticArray)
+    h.listen("/panoptic_node/panoptic", PanopticSegmentation)
+    pub = h.publisher("/image")
+    h.wait_matched("/panoptic_node/panoptic")
+    camera = "panoptic_node: image"
+    assert wait_level(h, camera, 3).message.startswith("no image for")  # STALE: nothing came since activation
+    pub.publish(image(frame, stamp=1))
+    h.wait_output("/panoptic_node/panoptic", 1)
+    assert wait_level(h, camera, 0).values  # OK
+    bad = image(frame)
+    bad.encoding = "nv12"
+    for stamp in range(2, 5):  # three rejected: the processed frame is still in the window of 4
+        bad.header = header(stamp)
+        pub.publish(bad)
+        assert h.wait(lambda: h.node._cameras[""].stats.rejected == stamp - 1)
+    time.sleep(0.3)
+    assert statuses(h, camera)[-1].level == bytes([0])
+    bad.header = header(5)
+    pub.publish(bad)  # now every frame of the window is rejected
+    assert "every frame rejected: the last 4 (encoding 4)" in wait_level(h, camera, 2).message  # ERROR
+    assert h.node.set_parameters([Parameter("diagnostics.expected_rate_hz", value=50.0)])[0].successful
+    pub.publish(image(frame, stamp=10))
+    h.wait_output("/panoptic_node/panoptic", 10)
+    assert "below the expected 50 Hz" in wait_level(h, camera, 1).message  # WARN
+    assert wait_level(h, camera, 3, 5)  # STALE again a second later
+    model = statuses(h, "panoptic_node: model")[-1]
+    assert model.level == bytes([0]) and {kv.key: kv.value for kv in model.values}["state"] == "active"
+
+
+def test_a_failed_configure_publishes_error_diagnostics(harness, tmp_path):
+    h = harness(autostart=False, **{"diagnostics.period": 0.1}, weights=str(tmp_path / "missing.safetensors"))
+    h.listen("/diagnostics", DiagnosticArray)
+    assert wait_level(h, "panoptic_node: model", 0).message == "unconfigured"
+    assert h.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    error = wait_level(h, "panoptic_node: model", 2)
+    assert "configure failed" in error.message and "does not exist" in error.message
+
+
+def test_model_failure_is_an_error_until_a_frame_succeeds(harness, frame, monkeypatch):
+    h = harness(**{"diagnostics.period": 0.1})
+    h.listen("/diagnostics", DiagnosticArray)
+    h.listen("/panoptic_node/panoptic", PanopticSegmentation)
+    pub = h.publisher("/image")
+    h.wait_matched("/panoptic_node/panoptic")
+    predictor = h.node._predictor
+    run = type(predictor).__call__
+    monkeypatch.setattr(type(predictor), "__call__", lambda *a: (_ for _ in ()).throw(RuntimeError("CUDA OOM")))
+    pub.publish(image(frame, stamp=1))
+    assert "RuntimeError: CUDA OOM" in wait_level(h, "panoptic_node: model", 2).message
+    assert h.node._cameras[""].errors.counts == {"model": 1}
+    monkeypatch.setattr(type(predictor), "__call__", run)
+    pub.publish(image(frame, stamp=2))
+    h.wait_output("/panoptic_node/panoptic", 2)
+    wait_level(h, "panoptic_node: model", 0)
+
+
+def test_camera_info_is_paired_by_stamp_and_checked_against_the_size(harness, frame):
+    h = harness()
+    h.listen_outputs(outputs={"panoptic": PanopticSegmentation, "camera_info": CameraInfo})
+    pub = h.publisher("/image")
+    info_pub = h.publisher("/camera_info", CameraInfo)
+    h.wait_matched("/panoptic_node/panoptic", "/panoptic_node/camera_info")
+    camera = h.node._cameras[""]
+    cases = {1: (header(1), 160, 120), 2: (header(99), 160, 120), 3: (header(3), 640, 480)}  # paired, unpaired, stale K
+    for stamp, (info_header, width, height) in cases.items():
+        info_pub.publish(CameraInfo(header=info_header, width=width, height=height, k=[float(width)] + [0.0] * 8))
+        assert h.wait(lambda: camera.camera_infos and camera.camera_infos[-1].header == info_header)
+        pub.publish(image(frame, stamp=stamp))
+        h.wait_output("/panoptic_node/panoptic", stamp)
+    time.sleep(0.3)
+    (info,) = h.received["/panoptic_node/camera_info"]
+    assert info.header == header(1) and info.k[0] == 160.0
+    assert camera.info_problems.counts == {"unpaired": 1, "wrong_size": 1}
+    assert camera.errors.counts == {} and camera.stats.rejected == 0  # the frames themselves were fine
+
+
+def test_depth_garbage_and_12_bit_frames(harness, frame):
+    """REP 118 depth (16UC1) and undeserialisable bytes are rejected and counted; a 12-bit mono16 camera (values
+    < 4096) gives the result of its 8-bit equivalent once its bit depth is detected, not a near-black frame."""
+    h = harness()
+    h.listen("/panoptic_node/semantic", Image)
+    pub = h.publisher("/image")
+    h.wait_matched("/panoptic_node/semantic")
+    depth = Image(header=header(1), height=120, width=160, encoding="16UC1", step=320)
+    depth.data = array.array("B", bytes(120 * 320))
+    pub.publish(depth)
+    assert h.wait(lambda: h.node._cameras[""].errors.counts["encoding"] == 1)
+    pub.publish(b"\x00\x01\x00\x00garbage")  # a serialised message no Image decodes from
+    assert h.wait(lambda: h.node._cameras[""].errors.counts["cdr"] == 1)
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    eight = image(cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB), "mono8", stamp=2)
+    twelve = Image(header=header(3), height=120, width=160, encoding="mono16", step=320)
+    twelve.data = array.array("B", (gray.astype(np.uint16) << 4 | 0xF).tobytes())  # 12 significant bits
+    pub.publish(eight)
+    reference = h.wait_output("/panoptic_node/semantic", 2)
+    pub.publish(twelve)
+    assert h.wait_output("/panoptic_node/semantic", 3).data == reference.data
+    assert h.node._cameras[""].bit_depth == 12
+
+
+def test_humble_callbacks_without_message_info(harness, frame, monkeypatch):
+    """Humble's rclpy calls subscription callbacks with the message only: the node subscribes that way there."""
+    monkeypatch.setattr(panoptic_node, "MESSAGE_INFO", False)
+    h = harness()
+    h.listen("/panoptic_node/panoptic", PanopticSegmentation)
+    pub = h.publisher("/image")
+    h.wait_matched("/panoptic_node/panoptic")
+    pub.publish(image(frame, stamp=1))
+    h.wait_output("/panoptic_node/panoptic", 1)
+    assert h.node._cameras[""].stats.lost == 0 and h.node._cameras[""].stats.processed == 1
+
+
+def test_sequence_gaps_without_publisher_gid_do_not_merge_publishers(harness, frame):
+    """Jazzy's MessageInfo has only the sequence number: with one publisher its gaps count, with two they cannot be
+    told apart, so none are counted (interleaved numbers would otherwise look like losses)."""
+    h = harness(autostart=False)
+    node = h.node
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    camera = node._cameras[""]
+    data = serialize_message(image(frame, stamp=1))
+    jazzy = lambda n: {"source_timestamp": 0, "received_timestamp": 0, "publication_sequence_number": n}  # noqa: E731
+    for sequence in (1, 2, 5):  # no publisher yet: the subscription sees none, so nothing is counted
+        node._on_image(camera, data, jazzy(sequence))
+    assert camera.stats.lost == 0
+    one = h.publisher("/image")
+    for sequence in (1, 2, 5):
+        node._on_image(camera, data, jazzy(sequence))
+    assert camera.stats.lost == 2
+    two = h.tester.create_publisher(Image, "/image", 1)
+    assert h.wait(lambda: camera.subscriptions[0].get_publisher_count() == 2)
+    for sequence in (6, 1, 7, 2):  # two publishers interleaved
+        node._on_image(camera, data, jazzy(sequence))
+    assert camera.stats.lost == 2 and one and two
+    kilted = {"publisher_gid": {"data": b"a" * 16}, "publication_sequence_number": 9}
+    node._on_image(camera, data, kilted)
+    node._on_image(camera, data, {**kilted, "publication_sequence_number": 12})
+    assert camera.stats.lost == 4
+
+
+def test_toggling_outputs_while_streaming_never_breaks_a_frame(harness, frame):
+    """Parameter changes create and destroy publishers while the worker publishes: no frame may fail."""
+    h = harness(**{"input.reliability": "reliable"})
+    h.listen_outputs(outputs={"panoptic": PanopticSegmentation, "semantic": Image, "overlay": Image})
+    pub = h.publisher("/image")
+    h.wait_matched("/panoptic_node/panoptic")
+    small = cv2.resize(frame, (64, 48))
+    stop = threading.Event()
+
+    def toggle():
+        k = 0
+        while not stop.is_set():
+            k += 1
+            h.node.set_parameters([Parameter("output.semantic", value=k % 2 == 0),
+                                   Parameter("output.overlay", value=k % 3 == 0)])
+            time.sleep(0.005)
+
+    toggler = threading.Thread(target=toggle)
+    toggler.start()
+    try:
+        for stamp in range(1, 41):
+            pub.publish(image(small, stamp=stamp))
+            time.sleep(0.02)
+        h.wait_output("/panoptic_node/panoptic", 40)
+    finally:
+        stop.set()
+        toggler.join()
+    camera = h.node._cameras[""]
+    assert camera.errors.counts == {} and camera.stats.processed >= 1
+
+
+def test_reactivation_resets_counters_and_a_busy_worker_does_not_block_deactivate(harness, frame, monkeypatch, capfd):
+    h = harness()
+    h.listen("/panoptic_node/panoptic", PanopticSegmentation)
+    pub = h.publisher("/image")
+    h.wait_matched("/panoptic_node/panoptic")
+    pub.publish(image(frame, stamp=1))
+    h.wait_output("/panoptic_node/panoptic", 1)
+    camera = h.node._cameras[""]
+    assert (camera.stats.received, camera.stats.processed) == (1, 1)
+    release = threading.Event()
+    run = type(h.node._predictor).__call__
+    monkeypatch.setattr(type(h.node._predictor), "__call__", lambda self, *a: release.wait(30) and run(self, *a))
+    monkeypatch.setattr(panoptic_node, "STOP_TIMEOUT", 0.2)
+    pub.publish(image(frame, stamp=2))
+    assert h.wait(lambda: camera.stats.received == 2)
+    time.sleep(0.2)  # the worker is inside the model now
+    start = time.monotonic()
+    assert h.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert time.monotonic() - start < 5 and "still busy" in capfd.readouterr().err
+    release.set()
+    assert h.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    stats = h.node._cameras[""].stats
+    assert (stats.received, stats.processed, stats.dropped, stats.rejected, stats.lost) == (0, 0, 0, 0, 0)
+    assert h.node._slots.dropped[""] == 0
+
+
+def test_changing_weights_replaces_the_bandwidth_parameters(harness, tmp_path):
+    """CamVid's thing classes (car, pedestrian, bicyclist) give way to Cityscapes' after cleanup + new weights."""
+    cfg = config_from_dict({"model": {"num_classes": 19, "width": 0.125, "depths": [1, 1, 1, 1]},
+                            "data": {"dataset": "cityscapes"}})
+    cityscapes = save_weights(build_model("panonet", **cfg.model.kwargs()), cfg, tmp_path / "cityscapes.safetensors")
+    h = harness()
+    assert h.node.has_parameter("bandwidths.bicyclist")
+    assert h.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert h.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    assert not any(name.startswith("bandwidths.") for name in h.node._parameters)
+    assert h.node.set_parameters([Parameter("weights", value=str(cityscapes))])[0].successful
+    assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    names = {name for name in h.node._parameters if name.startswith("bandwidths.")}
+    assert "bandwidths.rider" in names and "bandwidths.bicyclist" not in names
