@@ -603,35 +603,49 @@ def test_sequence_gaps_without_publisher_gid_do_not_merge_publishers(harness, fr
     assert camera.stats.lost == 4
 
 
-def test_toggling_outputs_while_streaming_never_breaks_a_frame(harness, frame):
-    """Parameter changes create and destroy publishers while the worker publishes: no frame may fail."""
+def test_a_parameter_change_waits_for_the_frame_being_published(harness, frame, monkeypatch):
+    """Turning an output off destroys its publisher; while the worker is publishing a frame, the change waits until
+    the frame is out, instead of destroying a publisher in use (which failed that frame)."""
+    h = harness()
+    h.listen_outputs(outputs={"panoptic": PanopticSegmentation, "overlay": Image})
+    pub = h.publisher("/image")
+    h.wait_matched("/panoptic_node/panoptic", "/panoptic_node/overlay")
+    held = []
+
+    def render(rgb, *args):  # runs inside _publish: change the outputs from another thread meanwhile
+        change = threading.Thread(target=h.node.set_parameters, args=([Parameter("output.overlay", value=False)],))
+        change.start()
+        change.join(0.5)
+        held.append(change.is_alive())
+        return rgb
+
+    monkeypatch.setattr(panoptic_node, "render_panoptic", render)
+    pub.publish(image(frame, stamp=1))
+    assert h.wait_output("/panoptic_node/overlay", 1).width == 160
+    assert held == [True] and h.node._cameras[""].errors.counts == {}
+    assert h.wait(lambda: "overlay" not in h.node._cameras[""].publishers)
+
+
+def test_frames_replaced_in_the_slot_are_never_deserialised(harness, frame, monkeypatch):
+    decoded = []
+    decode = panoptic_node.decode_frame
+    monkeypatch.setattr(panoptic_node, "decode_frame", lambda data, *a: decoded.append(1) or decode(data, *a))
     h = harness(**{"input.reliability": "reliable"})
-    h.listen_outputs(outputs={"panoptic": PanopticSegmentation, "semantic": Image, "overlay": Image})
+    h.listen("/panoptic_node/panoptic", PanopticSegmentation)
     pub = h.publisher("/image")
     h.wait_matched("/panoptic_node/panoptic")
-    small = cv2.resize(frame, (64, 48))
-    stop = threading.Event()
-
-    def toggle():
-        k = 0
-        while not stop.is_set():
-            k += 1
-            h.node.set_parameters([Parameter("output.semantic", value=k % 2 == 0),
-                                   Parameter("output.overlay", value=k % 3 == 0)])
-            time.sleep(0.005)
-
-    toggler = threading.Thread(target=toggle)
-    toggler.start()
-    try:
-        for stamp in range(1, 41):
-            pub.publish(image(small, stamp=stamp))
-            time.sleep(0.02)
-        h.wait_output("/panoptic_node/panoptic", 40)
-    finally:
-        stop.set()
-        toggler.join()
+    release = threading.Event()
+    run = type(h.node._predictor).__call__
+    monkeypatch.setattr(type(h.node._predictor), "__call__", lambda self, *a: release.wait(30) and run(self, *a))
     camera = h.node._cameras[""]
-    assert camera.errors.counts == {} and camera.stats.processed >= 1
+    for stamp in range(1, 7):  # the first is taken by the worker, which then waits in the model
+        pub.publish(image(frame, stamp=stamp))
+        assert h.wait(lambda: camera.stats.received + camera.stats.lost == stamp)
+    release.set()
+    h.wait_output("/panoptic_node/panoptic", 6)
+    stats = camera.stats
+    assert stats.processed == 2 and stats.processed + stats.dropped + stats.lost == 6
+    assert len(decoded) == stats.processed  # frames 2-5 were replaced (or lost) without being decoded
 
 
 def test_reactivation_resets_counters_and_a_busy_worker_does_not_block_deactivate(harness, frame, monkeypatch, capfd):
