@@ -21,10 +21,13 @@ setup-kilted:
 setup-jazzy:
 	@bash scripts/setup.sh jazzy
 
-# The whole suite under Kilted, then the ROS-facing tests (node, messages, bags, colcon route) under Jazzy (LTS).
+# The whole suite under Kilted, then the ROS-facing tests (node, messages, bags, colcon route) under Jazzy (LTS);
+# the Jazzy ones run also when the first run fails, and either failing fails the target.
 test: setup-kilted
-	$(PY) -m pytest -q test
-	@$(MAKE) --no-print-directory test-jazzy
+	@status=0; \
+	  echo "$(PY) -m pytest -q test"; $(PY) -m pytest -q test || status=$$?; \
+	  $(MAKE) --no-print-directory test-jazzy || status=$$?; \
+	  exit $$status
 
 # In the copy the Jazzy set-up has just refreshed, with its generated messages and op.
 test-jazzy: setup-jazzy
