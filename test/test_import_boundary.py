@@ -9,7 +9,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ROS_ONLY_DIR = REPO / "panoptic_ros" / "ros"
 GENERATED_DIR = REPO / "panoptic_ros" / "msg"  # rosidl output, itself message code
-ROS_BENCHMARKS = {REPO / "benchmarks" / "node.py"}  # measures the node through rclpy; never imported by the package
+ROS_BENCHMARKS = {REPO / "benchmarks" / "node.py", REPO / "benchmarks" / "soak.py"}  # measure the node through rclpy
 FORBIDDEN = re.compile(
     r"^(rclpy|rosidl_\w+|\w+_msgs|\w+_interfaces|builtin_interfaces|panoptic_ros\.msg)(\.|$)")
 

@@ -32,7 +32,7 @@ def decode_frame(data: bytes, transport: str, max_pixels: int | None = None, bit
     ``rgb8`` frame is never copied. 16-bit frames use ``bit_depth``, or with 0 the largest of ``seen_bit_depth``
     and the frame's own (``images.bit_depth_of``), which is returned for the next frame. Raises ``ImageError``."""
     try:
-        msg = typestore().deserialize_cdr(data, _TYPE_NAMES[transport])
+        msg = typestore().deserialize_cdr(memoryview(data), _TYPE_NAMES[transport])  # bytes would be sliced: a copy
     except Exception as error:  # rosbags raises several types for a truncated or garbled buffer
         raise ImageError("cdr", f"cannot deserialise a {_TYPE_NAMES[transport]} of {len(data)} bytes: {error}") \
             from None
