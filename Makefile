@@ -45,6 +45,7 @@ bench: setup-kilted
 	$(PY) -m benchmarks.panonet
 	$(PY) -m benchmarks.replay
 	$(PY) -m benchmarks.node
+	$(PY) -m benchmarks.soak
 	$(PY) -m benchmarks.mirror $(if $(wildcard ../shared/datasets/camvid),--root ../shared/datasets/camvid --split val)
 
 # The ROS 2 workspace route, with the venv's ros-* wheels as underlay (in a real workspace, source
