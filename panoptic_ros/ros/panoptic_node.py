@@ -396,10 +396,10 @@ class PanopticNode(LifecycleNode):
                                                             model=self._predictor.name, mode=config.mode,
                                                             latency_ns=latency_ns))
                     lap("panoptic")
-            if "instance" in wanted:
-                things = np.array([0] + [k + 1 if s.is_thing else 0 for k, s in enumerate(prediction.segments)],
-                                  np.uint16)
-                np.take(things, segment_map, out=buffers["instance"].pixels(header, *segment_map.shape))
+            if "instance" in wanted:  # segments sort by id, stuff (id < 1000) before things: indices > stuff count
+                stuff = sum(not s.is_thing for s in prediction.segments)
+                np.multiply(segment_map, segment_map > stuff, out=buffers["instance"].pixels(header, *segment_map.shape),
+                            casting="unsafe")
                 wanted["instance"].publish(buffers["instance"].msg)
                 lap("instance")
             if "overlay" in wanted or "overlay/compressed" in wanted:

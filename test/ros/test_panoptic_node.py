@@ -90,6 +90,13 @@ class Harness:
         assert self.wait(lambda: pub.get_subscription_count() > 0), f"nobody subscribes to {topic}"
         return pub
 
+    def image_publisher(self):
+        """A publisher on the node's input, once the tester also listens to ~/panoptic and is matched."""
+        self.listen("/panoptic_node/panoptic", PanopticSegmentation)
+        pub = self.publisher("/image")
+        self.wait_matched("/panoptic_node/panoptic")
+        return pub
+
     def wait(self, predicate, timeout=TIMEOUT):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -273,9 +280,7 @@ def test_a_huge_frame_is_rejected_before_decoding(harness, frame):
 
 def test_overload_drops_stale_frames_and_serves_the_newest(harness, frame):
     h = harness(**{"input.reliability": "reliable"})
-    h.listen("/panoptic_node/panoptic", PanopticSegmentation)
-    pub = h.publisher("/image")
-    h.wait_matched("/panoptic_node/panoptic")
+    pub = h.image_publisher()
     large = cv2.resize(frame, (480, 360))
     pub.publish(image(large, stamp=1))  # the first frame gives the sequence numbers a start
     h.wait_output("/panoptic_node/panoptic", 1)
@@ -306,9 +311,7 @@ def test_outputs_without_subscribers_cost_nothing(harness, frame, monkeypatch):
     renders = []
     monkeypatch.setattr(panoptic_node, "render_panoptic", lambda *a: renders.append(1) or a[0])
     h = harness()
-    h.listen("/panoptic_node/panoptic", PanopticSegmentation)
-    pub = h.publisher("/image")
-    h.wait_matched("/panoptic_node/panoptic")
+    pub = h.image_publisher()
     pub.publish(image(frame, stamp=1))
     h.wait_output("/panoptic_node/panoptic", 1)
     assert renders == []
@@ -322,9 +325,7 @@ def test_outputs_without_subscribers_cost_nothing(harness, frame, monkeypatch):
 def test_runtime_parameter_changes_are_validated_and_applied(harness, frame):
     # At 160 x 120 the frame's cars and cyclist are clusters of a few cells at 1/4: keep clusters of any size.
     h = harness(**{"filter.min_instance_pixels": 1})
-    h.listen("/panoptic_node/panoptic", PanopticSegmentation)
-    pub = h.publisher("/image")
-    h.wait_matched("/panoptic_node/panoptic")
+    pub = h.image_publisher()
     pub.publish(image(frame, stamp=1))
     before = h.wait_output("/panoptic_node/panoptic", 1)
     assert any(s.is_thing for s in before.segments)
@@ -390,9 +391,7 @@ def test_lifecycle_transitions(harness, frame):
     assert h.node._predictor is None
     assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert h.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-    h.listen("/panoptic_node/panoptic", PanopticSegmentation)
-    pub = h.publisher("/image")
-    h.wait_matched("/panoptic_node/panoptic")
+    pub = h.image_publisher()
     pub.publish(image(frame, stamp=1))
     h.wait_output("/panoptic_node/panoptic", 1)
     assert h.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
@@ -464,9 +463,7 @@ def wait_level(h, name, level, timeout=TIMEOUT):
 def test_diagnostics_levels_ok_stale_error_warn(harness, frame):
     h = harness(**{"diagnostics.period": 0.1, "diagnostics.stale_after": 1.0, "diagnostics.window": 4})
     h.listen("/diagnostics", DiagnosticArray)
-    h.listen("/panoptic_node/panoptic", PanopticSegmentation)
-    pub = h.publisher("/image")
-    h.wait_matched("/panoptic_node/panoptic")
+    pub = h.image_publisher()
     camera = "panoptic_node: image"
     assert wait_level(h, camera, 3).message.startswith("no image for")  # STALE: nothing came since activation
     pub.publish(image(frame, stamp=1))
@@ -504,9 +501,7 @@ def test_a_failed_configure_publishes_error_diagnostics(harness, tmp_path):
 def test_model_failure_is_an_error_until_a_frame_succeeds(harness, frame, monkeypatch):
     h = harness(**{"diagnostics.period": 0.1})
     h.listen("/diagnostics", DiagnosticArray)
-    h.listen("/panoptic_node/panoptic", PanopticSegmentation)
-    pub = h.publisher("/image")
-    h.wait_matched("/panoptic_node/panoptic")
+    pub = h.image_publisher()
     predictor = h.node._predictor
     run = type(predictor).__call__
     monkeypatch.setattr(type(predictor), "__call__", lambda *a: (_ for _ in ()).throw(RuntimeError("CUDA OOM")))
@@ -567,9 +562,7 @@ def test_humble_callbacks_without_message_info(harness, frame, monkeypatch):
     """Humble's rclpy calls subscription callbacks with the message only: the node subscribes that way there."""
     monkeypatch.setattr(panoptic_node, "MESSAGE_INFO", False)
     h = harness()
-    h.listen("/panoptic_node/panoptic", PanopticSegmentation)
-    pub = h.publisher("/image")
-    h.wait_matched("/panoptic_node/panoptic")
+    pub = h.image_publisher()
     pub.publish(image(frame, stamp=1))
     h.wait_output("/panoptic_node/panoptic", 1)
     assert h.node._cameras[""].stats.lost == 0 and h.node._cameras[""].stats.processed == 1
@@ -631,9 +624,7 @@ def test_frames_replaced_in_the_slot_are_never_deserialised(harness, frame, monk
     decode = panoptic_node.decode_frame
     monkeypatch.setattr(panoptic_node, "decode_frame", lambda data, *a: decoded.append(1) or decode(data, *a))
     h = harness(**{"input.reliability": "reliable"})
-    h.listen("/panoptic_node/panoptic", PanopticSegmentation)
-    pub = h.publisher("/image")
-    h.wait_matched("/panoptic_node/panoptic")
+    pub = h.image_publisher()
     release = threading.Event()
     run = type(h.node._predictor).__call__
     monkeypatch.setattr(type(h.node._predictor), "__call__", lambda self, *a: release.wait(30) and run(self, *a))
@@ -650,9 +641,7 @@ def test_frames_replaced_in_the_slot_are_never_deserialised(harness, frame, monk
 
 def test_reactivation_resets_counters_and_a_busy_worker_does_not_block_deactivate(harness, frame, monkeypatch, capfd):
     h = harness()
-    h.listen("/panoptic_node/panoptic", PanopticSegmentation)
-    pub = h.publisher("/image")
-    h.wait_matched("/panoptic_node/panoptic")
+    pub = h.image_publisher()
     pub.publish(image(frame, stamp=1))
     h.wait_output("/panoptic_node/panoptic", 1)
     camera = h.node._cameras[""]
