@@ -56,7 +56,7 @@ from .bags import BagError, BagReader, BagWriter, Frame
 from .classes import ClassTable
 from .datasets import DATASETS
 from .evaluation import EvaluationAccumulator, describe_commit, instance_scores, markdown, percentiles, write_report
-from .export import CityscapesPanopticWriter
+from .cityscapes_format import CityscapesPanopticWriter
 from .instances import instances_from_semantic
 from .make_bag import DEFAULT_LABEL_TOPIC, DEFAULT_TOPIC
 from .metrics import panoptic_from_labels, segment_classes

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .classes import TABLES, ClassTable
 from .config import ConfigError, PostprocessConfig, _coerce, _require
+from .backends import BACKENDS
 from .predictor import PRECISIONS
 
 MODES = ("fast", "accuracy")
@@ -105,6 +106,9 @@ class NodeConfig:
     class_table: str = ""  # "" = the one the weights name; camvid / cityscapes to override (class count must match)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     precision: str = "fp32"  # fp32, fp16, bf16 (network only)
+    backend: str = "eager"  # eager, onnxruntime, auto (panoptic_ros.backends)
+    backend_cache_dir: str = ""  # "" = $PANOPTIC_ROS_CACHE or ~/.cache/panoptic_ros
+    backend_build_missing: bool = True  # build a missing artefact (logged) on the first frame of a new size
     input_scale: float = 1.0  # the network sees the frame resized by this factor
     max_network_width: int = 0  # if > 0, frames wider than this (after input_scale) are scaled down to it
     autostart: bool = True  # configure and activate at start-up; false: wait for lifecycle transitions
@@ -120,6 +124,7 @@ class NodeConfig:
                  f"'' (from the weights) or one of {sorted(TABLES)}")
         _require(bool(_DEVICE.match(self.device)), where, "device", self.device, "auto, cpu, cuda or cuda:N")
         _require(self.precision in PRECISIONS, where, "precision", self.precision, f"one of {tuple(PRECISIONS)}")
+        _require(self.backend in BACKENDS, where, "backend", self.backend, f"one of {BACKENDS}")
         _require(0.05 <= self.input_scale <= 4.0, where, "input_scale", self.input_scale, "a number in [0.05, 4]")
         _require(self.max_network_width == 0 or self.max_network_width >= 32, where, "max_network_width",
                  self.max_network_width, "0 (off) or an integer >= 32")

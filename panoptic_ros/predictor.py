@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .checkpoint import load_model
 from .classes import TABLES, ClassTable
 from .config import PostprocessConfig
+from .backends import Networks
 from .postprocess import VOID_ID, Segment, assign_thing_pixels, cluster_instances, coarse_cell_index, merge_panoptic
 from .transforms import normalize_image
 
@@ -135,10 +136,14 @@ class Predictor:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``fp32``, ``fp16`` or ``bf16`` for the network (clustering stays fp32).
         scale: the network sees the image resized by this factor (outputs are returned at the input size).
+        backend: where the network runs (``backends``): ``eager``, ``onnxruntime`` or ``auto``.
+        cache_dir: the backend's artefacts (default ``backends.default_cache_dir()``).
+        build_missing: build a missing or stale artefact (with a message) instead of raising ``BackendError``.
     """
 
     def __init__(self, model: nn.Module, table: ClassTable, postprocess: PostprocessConfig, device: str = "auto",
-                 precision: str = "fp32", scale: float = 1.0, name: str = "panonet"):
+                 precision: str = "fp32", scale: float = 1.0, name: str = "panonet", backend: str = "eager",
+                 cache_dir: str | Path | None = None, build_missing: bool = True, weights: str = ""):
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not allowed: expected one of {sorted(PRECISIONS)}")
         if not 0.05 <= scale <= 4.0:
@@ -150,6 +155,14 @@ class Predictor:
         self.postprocess = postprocess
         self.scale = scale
         self.name = name
+        self.precision = precision
+        self._backend = (backend, cache_dir, build_missing, weights)
+        self.network = Networks(self.model, backend, self.device, precision, cache_dir, build_missing, weights)
+
+    @property
+    def backend(self) -> str:
+        """The backend the network runs on (``auto`` resolved)."""
+        return self.network.backend
 
     @classmethod
     def from_weights(cls, path: str | Path = DEFAULT_WEIGHTS, **kwargs) -> "Predictor":
@@ -159,7 +172,7 @@ class Predictor:
         table = TABLES[info.get("dataset") or "camvid"]
         if len(table) != model_cfg.num_classes:
             raise ValueError(f"{path}: {model_cfg.num_classes} classes, but the {table.name} table has {len(table)}")
-        return cls(model, table, post_cfg, name=Path(path).stem, **kwargs)
+        return cls(model, table, post_cfg, name=Path(path).stem, weights=str(path), **kwargs)
 
     @property
     def bandwidths(self) -> dict[int, float]:
@@ -176,6 +189,7 @@ class Predictor:
         self.model.to(self.device)
         if self.device.type == "cpu" and torch.cuda.is_available():
             torch.cuda.empty_cache()
+        self.network = Networks(self.model, self._backend[0], self.device, self.precision, *self._backend[1:])
         return self
 
     @torch.inference_mode()
@@ -194,7 +208,7 @@ class Predictor:
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         images = normalize_image(rgb)[None].to(self.device, self.dtype)
         clock = self._lap(timings, "preprocess", clock)
-        out = self.model(images)
+        out = self.network(images)
         logits, embedding = out["semantic"][0].float(), out["embedding"][0].float()
         self._lap(timings, "model", clock)
         return NetworkOutput(logits, embedding, (height, width), timings)

@@ -211,7 +211,9 @@ class PanopticNode(LifecycleNode):
                 raise ConfigError(f"mode {config.mode!r}: the accuracy model (Panoptic-FPN-IMP) is not available "
                                   f"in this version; use mode 'fast'")
             weights = Path(config.weights) if config.weights else DEFAULT_WEIGHTS
-            predictor = Predictor.from_weights(weights, device="cpu", precision=config.precision)
+            predictor = Predictor.from_weights(weights, device="cpu", precision=config.precision,
+                                               backend=config.backend, cache_dir=config.backend_cache_dir or None,
+                                               build_missing=config.backend_build_missing)
             if config.class_table and config.class_table != predictor.table.name:
                 table = TABLES[config.class_table]
                 if len(table) != len(predictor.table):
@@ -443,7 +445,7 @@ class PanopticNode(LifecycleNode):
         elif predictor is None or self.state != "active":
             model = Status(OK, f"{node}: model", self.state, {"state": self.state})
         else:
-            values = {"state": self.state, "model": predictor.name, "mode": config.mode,
+            values = {"state": self.state, "model": predictor.name, "mode": config.mode, "backend": predictor.backend,
                       "device": str(predictor.device), "precision": config.precision, "classes": predictor.table.name}
             model = (Status(ERROR, f"{node}: model", self._model_error, values) if self._model_error
                      else Status(OK, f"{node}: model", f"{predictor.name} on {predictor.device}", values))

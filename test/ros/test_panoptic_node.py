@@ -677,3 +677,20 @@ def test_changing_weights_replaces_the_bandwidth_parameters(harness, tmp_path):
     assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     names = {name for name in h.node._parameters if name.startswith("bandwidths.")}
     assert "bandwidths.rider" in names and "bandwidths.bicyclist" not in names
+
+
+def test_onnxruntime_backend_and_a_refused_missing_artefact(harness, frame, tmp_path, capfd):
+    """backend:=onnxruntime serves frames through an exported artefact; with backend_build_missing:=false a frame
+    of a size without an artefact is rejected with the export command, and diagnostics say ERROR."""
+    h = harness(backend="onnxruntime", backend_cache_dir=str(tmp_path), **{"diagnostics.period": 0.1})
+    h.listen("/diagnostics", DiagnosticArray)
+    pub = h.image_publisher()
+    pub.publish(image(frame, stamp=1))
+    assert h.wait_output("/panoptic_node/panoptic", 1, timeout=120).segments
+    assert h.node._predictor.backend == "onnxruntime" and "exporting the network" in capfd.readouterr().err
+    refusing = harness(backend="onnxruntime", backend_cache_dir=str(tmp_path / "empty"), backend_build_missing=False,
+                       **{"diagnostics.period": 0.1})
+    camera = refusing.node._cameras[""]
+    refusing.node._process(camera, serialize_message(image(frame, stamp=2)), time.perf_counter())
+    assert camera.errors.counts == {"model": 1}
+    assert "python -m panoptic_ros.export" in refusing.node._model_error

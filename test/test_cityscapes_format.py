@@ -11,7 +11,7 @@ from test_instance_ap import to_cityscapes_classes
 from test_panoptic_quality import CAR, PEDESTRIAN, predictions, sample_ground_truth
 
 from panoptic_ros.classes import CAMVID, CITYSCAPES
-from panoptic_ros.export import CityscapesPanopticWriter, write_ground_truth
+from panoptic_ros.cityscapes_format import CityscapesPanopticWriter, write_ground_truth
 from panoptic_ros.metrics import PanopticQuality
 
 

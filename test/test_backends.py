@@ -1,0 +1,84 @@
+"""Network backends: the documented auto rule, ONNX Runtime artefacts checked against eager, cached by a key, and
+rebuilt or refused (with the command) when missing or stale."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from panoptic_ros import export as export_cli
+from panoptic_ros.backends import (BackendError, Networks, artefact_paths, model_digest, onnxruntime_available,
+                                   resolve_backend)
+from panoptic_ros.predictor import Predictor
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+needs_onnxruntime = pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime not installed")
+
+
+def test_auto_rule_and_unsupported_combinations(monkeypatch):
+    monkeypatch.setattr("panoptic_ros.backends.onnxruntime_available", lambda: True)
+    assert resolve_backend("auto", CPU, "fp32") == "onnxruntime"
+    assert resolve_backend("auto", CPU, "bf16") == "eager" and resolve_backend("auto", CUDA, "fp32") == "eager"
+    assert resolve_backend("eager", CUDA, "fp16") == "eager"
+    with pytest.raises(BackendError, match="runs fp32 on the CPU here"):
+        resolve_backend("onnxruntime", CPU, "fp16")
+    with pytest.raises(BackendError, match="not one of"):
+        resolve_backend("tensorflow", CPU, "fp32")
+    monkeypatch.setattr("panoptic_ros.backends.onnxruntime_available", lambda: False)
+    assert resolve_backend("auto", CPU, "fp32") == "eager"
+    with pytest.raises(BackendError, match="needs the onnxruntime package"):
+        resolve_backend("onnxruntime", CPU, "fp32")
+
+
+def test_digest_follows_the_weights(tiny_weights):
+    model = Predictor.from_weights(tiny_weights, device="cpu").model
+    before = model_digest(model)
+    assert model_digest(model) == before
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1
+    assert model_digest(model) != before
+
+
+@pytest.mark.slow
+@needs_onnxruntime
+def test_onnxruntime_predictor_matches_eager_and_caches_its_artefact(tiny_weights, tmp_path, capfd):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (72, 100, 3), dtype=np.uint8)
+    eager = Predictor.from_weights(tiny_weights, device="cpu")
+    fast = Predictor.from_weights(tiny_weights, device="cpu", backend="onnxruntime", cache_dir=tmp_path)
+    assert fast.backend == "onnxruntime"
+    expected, got = eager(rgb), fast(rgb)
+    assert "exporting the network for onnxruntime at 100x72" in capfd.readouterr().err  # said, not silent
+    assert (expected.semantic == got.semantic).float().mean() >= 0.999
+    np.testing.assert_allclose(fast.run_network(rgb).logits, eager.run_network(rgb).logits, atol=1e-4)
+    key = fast.network.key(72, 100)
+    model_path, key_path = artefact_paths(tmp_path, key)
+    stored = json.loads(key_path.read_text())
+    assert stored["digest"] == key.digest and stored["argmax_agreement"] >= 0.999 and model_path.is_file()
+    again = Predictor.from_weights(tiny_weights, device="cpu", backend="onnxruntime", cache_dir=tmp_path,
+                                   build_missing=False)
+    again(rgb)  # the cached artefact: no export, no error
+    assert "exporting" not in capfd.readouterr().err
+    stored["version"] = "onnxruntime 0.0"  # built by another version: stale
+    key_path.write_text(json.dumps(stored))
+    refusing = Predictor.from_weights(tiny_weights, device="cpu", backend="onnxruntime", cache_dir=tmp_path,
+                                      build_missing=False)
+    with pytest.raises(BackendError, match=r"missing or stale\); build it with: python -m panoptic_ros.export "
+                                           r".* --backend onnxruntime --resolution 100x72"):
+        refusing(rgb)
+    rebuilding = Networks(again.model, "onnxruntime", torch.device("cpu"), "fp32", tmp_path)
+    rebuilding.prepare(72, 100)
+    assert json.loads(key_path.read_text())["version"] != "onnxruntime 0.0"
+
+
+@needs_onnxruntime
+def test_export_cli_refuses_what_it_cannot_build(tiny_weights, tmp_path):
+    with pytest.raises(SystemExit, match="below the network's smallest input"):
+        export_cli.main(["--weights", str(tiny_weights), "--backend", "onnxruntime", "--resolution", "8x8",
+                         "--cache-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="runs fp32 on the CPU here"):
+        export_cli.main(["--weights", str(tiny_weights), "--backend", "onnxruntime", "--resolution", "64x48",
+                         "--precision", "fp16", "--cache-dir", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        export_cli.main(["--backend", "onnxruntime", "--resolution", "64by48"])
