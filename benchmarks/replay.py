@@ -14,6 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from panoptic_ros.backends import BACKENDS
 from panoptic_ros.evaluate_bag import DEFAULT_BAG, evaluate_bag
 from panoptic_ros.predictor import DEFAULT_WEIGHTS, Predictor
 
@@ -53,9 +54,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", default="eager", choices=BACKENDS,
+                        help="where the network runs (README, Backends); onnxruntime builds its artefact if missing")
     parser.add_argument("--quick", action="store_true", help="one measured pass instead of five")
     opts = parser.parse_args()
-    predictor = Predictor.from_weights(opts.weights, device=opts.device)
+    predictor = Predictor.from_weights(opts.weights, device=opts.device, backend=opts.backend)
     result = measure(predictor, 1 if opts.quick else 5)
     share = result["share"]["decode + metrics"]
     payload = {**environment(predictor.device), "weights": opts.weights, "bag": str(DEFAULT_BAG),

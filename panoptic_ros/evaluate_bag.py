@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .backends import BACKENDS
 from .bags import BagError, BagReader, BagWriter, Frame
 from .classes import ClassTable
 from .datasets import DATASETS
@@ -374,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bag_evaluation"), help="report folder")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--backend", default="eager", choices=BACKENDS,
+                        help="where the network runs (README, Backends); onnxruntime builds its artefact if missing")
     parser.add_argument("--limit", type=int, help="first N frames only")
     parser.add_argument("--output-bag", type=Path, help="write the predictions to this new bag (.mcap, .db3 or folder)")
     parser.add_argument("--export-cityscapes", action="store_true", help="Cityscapes panoptic sets in OUT/cityscapes")
@@ -387,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.realtime:
         return realtime(opts, parser)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    predictor = Predictor.from_weights(opts.weights, device=opts.device)
+    predictor = Predictor.from_weights(opts.weights, device=opts.device, backend=opts.backend)
     if opts.gt is not None and DATASETS[opts.gt_layout].table.name != predictor.table.name:
         parser.error(f"--gt-layout {opts.gt_layout} labels {DATASETS[opts.gt_layout].table.name} classes, but "
                      f"{opts.weights.name} predicts {predictor.table.name} classes")

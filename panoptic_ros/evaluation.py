@@ -24,6 +24,7 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from .backends import BACKENDS
 from .checkpoint import read_weights, save_state
 from .classes import ClassTable
 from .datasets import DATASETS, read_rgb
@@ -269,18 +270,21 @@ def main() -> None:
     parser.add_argument("--root", required=True)
     parser.add_argument("--split", default="val")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--backend", default="eager", choices=BACKENDS,
+                        help="where the network runs (README, Backends); onnxruntime builds its artefact if missing")
     parser.add_argument("--limit", type=int, help="first N images only")
     parser.add_argument("--out", type=Path, default=Path("evaluation"), help="report folder (evaluate)")
     parser.add_argument("--candidates", type=float, nargs="+", default=list(DEFAULT_CANDIDATES))
     parser.add_argument("--write", type=Path, help="bandwidths: write the weights with the best bandwidths here")
     opts = parser.parse_args()
-    predictor = Predictor.from_weights(opts.weights, device=opts.device)
+    predictor = Predictor.from_weights(opts.weights, device=opts.device, backend=opts.backend)
     dataset = DATASETS[opts.dataset](opts.root, opts.split)
     if opts.command == "evaluate":
         accumulator = EvaluationAccumulator(dataset.table)
         report = {"weights": str(opts.weights), "dataset": opts.dataset, "split": opts.split,
                   **evaluate(predictor, dataset, opts.limit, accumulator),
                   "run": {"model": predictor.name, "weights": str(opts.weights), "device": str(predictor.device),
+                          "backend": predictor.backend,
                           "commit": describe_commit(), "dataset": f"{opts.dataset} {opts.split} ({opts.root})"}}
         title = f"Evaluation: {predictor.name} on {opts.dataset} {opts.split}"
         write_report(report, title, opts.out, accumulator.latency_ms)

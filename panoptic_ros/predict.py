@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .backends import BACKENDS
 from .datasets import read_rgb
 from .predictor import DEFAULT_WEIGHTS, Predictor
 from .visualize import render_panoptic
@@ -25,10 +26,13 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--out", type=Path, default=Path("predictions"))
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--backend", default="eager", choices=BACKENDS,
+                        help="where the network runs (README, Backends); onnxruntime builds its artefact if missing")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--scale", type=float, default=1.0, help="resize factor of the network input")
     opts = parser.parse_args()
-    predictor = Predictor.from_weights(opts.weights, device=opts.device, precision=opts.precision, scale=opts.scale)
+    predictor = Predictor.from_weights(opts.weights, device=opts.device, precision=opts.precision, scale=opts.scale,
+                                       backend=opts.backend)
     opts.out.mkdir(parents=True, exist_ok=True)
     for path in opts.images:
         rgb = read_rgb(path)
