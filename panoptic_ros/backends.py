@@ -1,4 +1,4 @@
-"""Where the network runs: eager PyTorch, or an exported artefact run by ONNX Runtime.
+"""Where the network runs: eager PyTorch, an exported artefact run by ONNX Runtime, or a TensorRT engine.
 
 The ``backend`` setting of ``Predictor.from_weights`` (and of the node, ``predict`` and the benchmarks):
 
@@ -6,8 +6,12 @@ The ``backend`` setting of ``Predictor.from_weights`` (and of the node, ``predic
 - ``onnxruntime``: the network exported with ``torch.onnx.export`` (the dynamo exporter, over ``torch.export``) for
   one input shape, run by ONNX Runtime's CPU execution provider; fp32. Measured 2.4-2.8x faster than eager for the
   shipped PanoNet on the 2-core CPU (``benchmarks/panonet.py`` reports the side-by-side ratio).
-- ``auto``: a documented rule, not a probe: ``onnxruntime`` for fp32 on the CPU when ONNX Runtime imports, else
-  ``eager`` (on CUDA, until the torch-tensorrt path exists).
+- ``tensorrt``: torch-tensorrt's dynamo frontend as documented (``torch.export.export`` ->
+  ``torch_tensorrt.dynamo.compile`` -> ``torch_tensorrt.save``, loaded with ``torch.export.load``), one static shape
+  per network input size, on CUDA, in the model's precision (fp16 or fp32). TensorRT cannot be installed on this
+  project's machines (PyPI's ``tensorrt`` is a stub), so only its clear error is tested here.
+- ``auto``: a documented rule, not a probe: on the CPU, ``onnxruntime`` for fp32 when ONNX Runtime imports; on
+  CUDA, ``tensorrt`` when torch-tensorrt imports; else ``eager``.
 
 Artefacts are an explicit step (``python -m panoptic_ros.export``) and live in a cache directory next to a key
 (JSON): the digest of the weights, the backend and its version, the input shape, the precision and the device. A
@@ -31,7 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-BACKENDS = ("auto", "eager", "onnxruntime")
+BACKENDS = ("auto", "eager", "onnxruntime", "tensorrt")
+SUFFIXES = {"onnxruntime": ".onnx", "tensorrt": ".ep"}
 MIN_ARGMAX_AGREEMENT = 0.999
 OUTPUTS = ("semantic", "embedding")
 
@@ -51,12 +56,27 @@ def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
+def tensorrt_available() -> bool:
+    return importlib.util.find_spec("torch_tensorrt") is not None
+
+
 def resolve_backend(backend: str, device: torch.device, precision: str) -> str:
     """The backend ``auto`` stands for on ``device`` at ``precision`` (module docstring); others are checked."""
     if backend not in BACKENDS:
         raise BackendError(f"backend {backend!r} is not one of {BACKENDS}")
     if backend == "auto":
-        return "onnxruntime" if device.type == "cpu" and precision == "fp32" and onnxruntime_available() else "eager"
+        if device.type == "cpu":
+            return "onnxruntime" if precision == "fp32" and onnxruntime_available() else "eager"
+        return "tensorrt" if precision in ("fp16", "fp32") and tensorrt_available() else "eager"
+    if backend == "tensorrt":
+        if device.type != "cuda":
+            raise BackendError(f"backend 'tensorrt' needs a CUDA device, got {device} (use 'onnxruntime' or 'eager')")
+        if not tensorrt_available():
+            raise BackendError("backend 'tensorrt' needs torch-tensorrt and TensorRT, which are not installed: on a "
+                               "machine with NVIDIA's TensorRT, pip install torch-tensorrt matching torch "
+                               f"{torch.__version__}; or use backend 'eager'")
+        if precision not in ("fp16", "fp32"):
+            raise BackendError(f"backend 'tensorrt' builds fp16 or fp32 engines, not {precision}")
     if backend == "onnxruntime":
         if not onnxruntime_available():
             raise BackendError("backend 'onnxruntime' needs the onnxruntime package (pip install onnxruntime)")
@@ -94,10 +114,9 @@ class ArtefactKey:
 
 
 def backend_version(backend: str) -> str:
-    if backend == "onnxruntime":
-        import onnxruntime
-
-        return f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}"
+    if backend in ("onnxruntime", "tensorrt"):
+        module = importlib.import_module({"onnxruntime": "onnxruntime", "tensorrt": "torch_tensorrt"}[backend])
+        return f"{backend} {module.__version__}, torch {torch.__version__}"
     return f"torch {torch.__version__}"
 
 
@@ -151,8 +170,24 @@ class OnnxRuntimeNetwork:
         return {name: torch.from_numpy(value) for name, value in zip(OUTPUTS, outputs)}
 
 
+class TensorRTNetwork:
+    """A saved torch-tensorrt program (``torch_tensorrt.save``): ``network(images)`` -> output dict."""
+
+    def __init__(self, path: Path):
+        import torch_tensorrt  # noqa: F401  (registers the TensorRT runtime ops the program calls)
+
+        self.module = torch.export.load(str(path)).module()
+
+    def __call__(self, images: Tensor) -> dict[str, Tensor]:
+        return dict(zip(OUTPUTS, self.module(images)))
+
+
+def load_network(backend: str, path: Path) -> Callable[[Tensor], dict[str, Tensor]]:
+    return OnnxRuntimeNetwork(path) if backend == "onnxruntime" else TensorRTNetwork(path)
+
+
 def artefact_paths(cache_dir: Path, key: ArtefactKey) -> tuple[Path, Path]:
-    return cache_dir / f"{key.stem}.onnx", cache_dir / f"{key.stem}.json"
+    return cache_dir / f"{key.stem}{SUFFIXES[key.backend]}", cache_dir / f"{key.stem}.json"
 
 
 def read_key(path: Path) -> dict | None:
@@ -166,24 +201,37 @@ def progress(message: str) -> None:
     print(f"panoptic_ros: {message}", file=sys.stderr, flush=True)
 
 
-def export(model: nn.Module, key: ArtefactKey, cache_dir: Path, log: Callable[[str], None] = progress) -> Path:
-    """Export ``model`` for ``key`` into ``cache_dir``, check it against eager on the sample frame, then write the
-    key (with the agreement) next to it; raises ``BackendError`` when they disagree."""
-    if key.backend != "onnxruntime":
+def _build(wrapper: nn.Module, key: ArtefactKey, images: Tensor, model_path: Path) -> None:
+    if key.backend == "onnxruntime":
+        torch.onnx.export(wrapper, (images,), str(model_path), input_names=["images"], output_names=list(OUTPUTS),
+                          dynamo=True, verbose=False)
+    elif key.backend == "tensorrt":  # torch-tensorrt's documented AOT path; the dtype is the model's
+        import torch_tensorrt
+
+        program = torch.export.export(wrapper, (images,))
+        engine = torch_tensorrt.dynamo.compile(program, arg_inputs=[images], use_explicit_typing=True)
+        torch_tensorrt.save(engine, str(model_path), arg_inputs=[images])
+    else:
         raise BackendError(f"backend {key.backend!r} has no artefact to export")
+
+
+def export(model: nn.Module, key: ArtefactKey, cache_dir: Path, log: Callable[[str], None] = progress) -> Path:
+    """Export ``model`` (on its device, in its dtype) for ``key`` into ``cache_dir``, check it against eager on the
+    sample frame, then write the key (with the agreement) next to it; raises ``BackendError`` when they disagree."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     model_path, key_path = artefact_paths(cache_dir, key)
-    images = sample_images(key.height, key.width)
+    parameter = next(model.parameters())
+    images = sample_images(key.height, key.width).to(parameter.device, parameter.dtype)
     wrapper = _Outputs(model).eval()
-    log(f"exporting the network for onnxruntime at {key.width}x{key.height} to {model_path} (seconds)")
+    log(f"exporting the network for {key.backend} at {key.width}x{key.height} to {model_path} (seconds to minutes)")
     with torch.inference_mode():
         expected = dict(zip(OUTPUTS, wrapper(images)))
-    torch.onnx.export(wrapper, (images,), str(model_path), input_names=["images"], output_names=list(OUTPUTS),
-                      dynamo=True, verbose=False)
-    checked = agreement(expected, OnnxRuntimeNetwork(model_path)(images))
+    _build(wrapper, key, images, model_path)
+    with torch.inference_mode():
+        checked = agreement(expected, load_network(key.backend, model_path)(images))
     if checked["argmax_agreement"] < MIN_ARGMAX_AGREEMENT:
         model_path.unlink(missing_ok=True)
-        raise BackendError(f"the onnxruntime artefact disagrees with eager: {checked}")
+        raise BackendError(f"the {key.backend} artefact disagrees with eager: {checked}")
     key_path.write_text(json.dumps({**asdict(key), **checked}, indent=2) + "\n")
     log(f"exported: {checked}")
     return model_path
@@ -225,7 +273,7 @@ class Networks:
                         f"build it with: python -m panoptic_ros.export --weights {self.weights or 'W'} --backend "
                         f"{self.backend} --resolution {width}x{height} --cache-dir {self.cache_dir}")
                 export(self.model, key, self.cache_dir, self.log)
-            self._sessions[shape] = OnnxRuntimeNetwork(model_path)
+            self._sessions[shape] = load_network(self.backend, model_path)
         return self._sessions[shape]
 
     def __call__(self, images: Tensor) -> dict[str, Tensor]:

@@ -31,6 +31,22 @@ def test_auto_rule_and_unsupported_combinations(monkeypatch):
         resolve_backend("onnxruntime", CPU, "fp32")
 
 
+def test_tensorrt_rule_and_its_clear_errors(monkeypatch):
+    """TensorRT cannot be installed here: what can be checked is the rule and the errors a user would see."""
+    monkeypatch.setattr("panoptic_ros.backends.tensorrt_available", lambda: False)
+    assert resolve_backend("auto", CUDA, "fp16") == "eager"
+    with pytest.raises(BackendError, match="needs torch-tensorrt and TensorRT, which are not installed: .*pip "
+                                           "install torch-tensorrt"):
+        resolve_backend("tensorrt", CUDA, "fp16")
+    with pytest.raises(BackendError, match="needs a CUDA device, got cpu"):
+        resolve_backend("tensorrt", CPU, "fp16")
+    monkeypatch.setattr("panoptic_ros.backends.tensorrt_available", lambda: True)
+    assert resolve_backend("auto", CUDA, "fp16") == resolve_backend("tensorrt", CUDA, "fp32") == "tensorrt"
+    assert resolve_backend("auto", CUDA, "bf16") == "eager"
+    with pytest.raises(BackendError, match="fp16 or fp32 engines, not bf16"):
+        resolve_backend("tensorrt", CUDA, "bf16")
+
+
 def test_digest_follows_the_weights(tiny_weights):
     model = Predictor.from_weights(tiny_weights, device="cpu").model
     before = model_digest(model)
@@ -82,3 +98,6 @@ def test_export_cli_refuses_what_it_cannot_build(tiny_weights, tmp_path):
                          "--precision", "fp16", "--cache-dir", str(tmp_path)])
     with pytest.raises(SystemExit):
         export_cli.main(["--backend", "onnxruntime", "--resolution", "64by48"])
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        export_cli.main(["--weights", str(tiny_weights), "--backend", "tensorrt", "--resolution", "64x48",
+                         "--precision", "fp16", "--cache-dir", str(tmp_path)])
