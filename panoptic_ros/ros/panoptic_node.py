@@ -471,6 +471,11 @@ def main(args=None) -> None:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # Ctrl-C shuts the context down from rclpy's signal handler, possibly while a callback (diagnostics,
+        # autostart) is publishing: that callback's "context invalid" error is the shutdown, not a failure.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.stop_serving()

@@ -444,7 +444,7 @@ def test_node_process_exits_cleanly_on_sigint(tmp_path):
             lines.append(process.stderr.readline())
         assert any("active on cpu" in line for line in lines), "".join(lines)
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=20) == 0
+        assert process.wait(timeout=20) == 0, process.stderr.read()[-3000:]
     finally:
         process.kill()
 
