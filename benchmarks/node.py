@@ -37,7 +37,7 @@ from panoptic_ros.datasets import read_rgb
 from panoptic_ros.demo import DEFAULT_IMAGE
 from panoptic_ros.evaluation import percentiles
 from panoptic_ros.msg import PanopticSegmentation
-from panoptic_ros.ros.conversions import image_msg
+from panoptic_ros.ros.conversions import ImageBuffer
 from panoptic_ros.ros.env import isolate
 from panoptic_ros.ros.panoptic_node import OUTPUTS, PanopticNode, qos
 from panoptic_ros.ros.replay import NODE, Recorder, start_node, stop_node
@@ -48,7 +48,7 @@ from .common import environment, report
 def rgb8_msg(rgb: np.ndarray, stamp_ns: int) -> Image:
     header = Header(frame_id="camera")
     header.stamp.sec, header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-    return image_msg(rgb, "rgb8", header)
+    return ImageBuffer("rgb8").fill(rgb, header)
 
 
 def wait(predicate, timeout: float) -> bool:

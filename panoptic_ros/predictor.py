@@ -136,7 +136,7 @@ class Predictor:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``fp32``, ``fp16`` or ``bf16`` for the network (clustering stays fp32).
         scale: the network sees the image resized by this factor (outputs are returned at the input size).
-        backend: where the network runs (``backends``): ``eager``, ``onnxruntime`` or ``auto``.
+        backend: where the network runs (``backends``): ``eager``, ``onnxruntime``, ``tensorrt`` or ``auto``.
         cache_dir: the backend's artefacts (default ``backends.default_cache_dir()``).
         build_missing: build a missing or stale artefact (with a message) instead of raising ``BackendError``.
     """

@@ -17,20 +17,18 @@ from .evaluation import percentiles
 
 
 class FrameSlots:
-    """One slot per key (camera); ``put`` replaces what the slot holds, ``take`` returns the earliest-filled slot."""
+    """One slot per key (camera); ``put`` replaces what the slot holds (and says so: the caller counts the drop),
+    ``take`` returns the earliest-filled slot."""
 
     def __init__(self):
         self._cond = threading.Condition()
         self._items: dict[str, object] = {}  # insertion order = arrival order of the frames waiting
         self._closed = False
-        self.dropped: Counter[str] = Counter()
 
     def put(self, key: str, item: object) -> bool:
         """Store ``item`` for ``key``; True if it replaced a frame that was never processed (a drop)."""
         with self._cond:
             replaced = self._items.pop(key, None) is not None
-            if replaced:
-                self.dropped[key] += 1
             self._items[key] = item
             self._cond.notify()
         return replaced
@@ -56,7 +54,6 @@ class SequenceGaps:
     history): gaps in each publisher's sequence numbers."""
 
     def __init__(self):
-        self.lost = 0
         self._last: dict[object, int] = {}
 
     def update(self, publisher: object, sequence: int | None) -> int:
@@ -71,7 +68,6 @@ class SequenceGaps:
         last = self._last.get(publisher)
         gap = sequence - last - 1 if last is not None and sequence > last else 0
         self._last[publisher] = sequence
-        self.lost += gap
         return gap
 
 

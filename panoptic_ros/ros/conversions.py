@@ -13,8 +13,7 @@ from std_msgs.msg import ColorRGBA, Header
 
 from panoptic_ros.bags import COMPRESSED_IMAGE, IMAGE, typestore
 from panoptic_ros.classes import ClassTable
-from panoptic_ros.images import (LAYOUTS, ImageError, bit_depth_of, compressed_to_rgb, image_buffer, image_to_array,
-                                 image_to_rgb)
+from panoptic_ros.images import LAYOUTS, ImageError, bit_depth_of, compressed_to_rgb, image_to_array, image_to_rgb
 from panoptic_ros.msg import ClassInfo, PanopticSegmentation, Segment
 from panoptic_ros.postprocess import Segment as SegmentRecord
 from panoptic_ros.runtime import Status
@@ -47,15 +46,6 @@ def decode_frame(data: bytes, transport: str, max_pixels: int | None = None, bit
     rgb = image_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian), max_pixels,
                        depth)
     return stamp, msg.header.frame_id, rgb, seen_bit_depth
-
-
-def image_msg(pixels: np.ndarray, encoding: str, header: Header) -> Image:
-    """An Image holding ``pixels`` (element type and channels of ``encoding``), little-endian, unpadded."""
-    height, width, step, buffer = image_buffer(pixels, encoding)
-    msg = Image(header=header, height=height, width=width, encoding=encoding, is_bigendian=False, step=step)
-    msg.data = array.array("B")  # an array.array skips rosidl's per-element check of a sequence
-    msg.data.frombytes(buffer)  # one copy
-    return msg
 
 
 class ImageBuffer:

@@ -151,3 +151,21 @@ def test_panoptic_segmentation_round_trip(ros_context):
                                   make_panoptic_image())
     for k, segment in enumerate(received.segments):
         assert np.count_nonzero(index == k + 1) == segment.area
+
+
+def test_image_buffer_is_reused_resized_and_checked():
+    from panoptic_ros.images import ImageError
+    from panoptic_ros.ros.conversions import ImageBuffer
+
+    buffer = ImageBuffer("16UC1")
+    header = Header(frame_id="camera")
+    first = np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000
+    msg = buffer.fill(first, header)
+    data = msg.data
+    assert (msg.height, msg.width, msg.step, msg.encoding, msg.header) == (3, 4, 8, "16UC1", header)
+    np.testing.assert_array_equal(np.frombuffer(msg.data, "<u2").reshape(3, 4), first)
+    assert buffer.fill(first[::-1].copy(), header).data is data  # same size: written in place
+    smaller = buffer.fill(np.ones((2, 2), np.uint16), header)
+    assert (smaller.height, smaller.width, smaller.step, len(smaller.data)) == (2, 2, 4, 8)
+    with pytest.raises(ImageError, match="16UC1 needs uint16"):
+        buffer.fill(np.ones((2, 2), np.int32), header)
