@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from .icnet import ICNet
 from .panonet import PanoNet, PanoNetConfig
+from .panoptic_fpn import PanopticFPN
 
-ARCHITECTURES = {"panonet": PanoNet}
+ARCHITECTURES = {"panonet": PanoNet, "panoptic_fpn": PanopticFPN}
 
 
 def build_model(architecture: str, **kwargs):
@@ -17,4 +18,4 @@ def build_model(architecture: str, **kwargs):
     return cls(**kwargs)
 
 
-__all__ = ["ARCHITECTURES", "ICNet", "PanoNet", "PanoNetConfig", "build_model"]
+__all__ = ["ARCHITECTURES", "ICNet", "PanoNet", "PanoNetConfig", "PanopticFPN", "build_model"]
