@@ -66,7 +66,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     poly_power: float = 0.9
     instance_weight: float = 1.0  # weight of L_inst against L_sem
-    class_weighting: bool = False  # ENet-style 1 / ln(1.02 + p_class) weights in the cross-entropy
+    class_weighting: bool = False  # ENet-style 1 / ln(1.02 + p_class) weights in the cross-entropy ...
+    class_weight_power: float = 1.0  # ... raised to this power (0.5 halves their log-range; 1.0 is ENet's)
     eval_every: int = 1  # validate (and pick best.pt) every this many epochs, and after the last
     seed: int = 0
     semantic_only: bool = False  # Sec. III-C: the semantic pre-training that the instance branch starts from
@@ -85,6 +86,7 @@ class TrainConfig:
         _require(self.optimizer in OPTIMIZERS, where, "optimizer", self.optimizer, f"one of {sorted(OPTIMIZERS)}")
         _require(self.lr > 0, where, "lr", self.lr, "a number > 0")
         _require(self.poly_power >= 0, where, "poly_power", self.poly_power, "a number >= 0")
+        _require(self.class_weight_power > 0, where, "class_weight_power", self.class_weight_power, "a number > 0")
         _require(self.eval_every >= 1, where, "eval_every", self.eval_every, "an integer >= 1")
         _require(0 < self.bootstrap_threshold <= 1, where, "bootstrap_threshold", self.bootstrap_threshold,
                  "a number in (0, 1]")

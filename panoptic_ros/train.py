@@ -82,15 +82,16 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
-def class_weights_for(dataset, num_classes: int) -> torch.Tensor:
-    """ENet weighting 1 / ln(1.02 + p_c) from the label frequencies of the (un-augmented) training set."""
+def class_weights_for(dataset, num_classes: int, power: float = 1.0) -> torch.Tensor:
+    """ENet weighting (1 / ln(1.02 + p_c)) ** power from the label frequencies of the (un-augmented) training set;
+    a power below 1 keeps the rare classes' boost with less of the false positives full weights bring."""
     counts = torch.zeros(num_classes, dtype=torch.float64)
     for index in range(len(dataset)):
         semantic = dataset.decode(index)[1]
         s = torch.from_numpy(semantic.astype("int64")).flatten()
         counts += torch.bincount(s[s != IGNORE_LABEL], minlength=num_classes)[:num_classes].double()
     p = counts / counts.sum().clamp(min=1)
-    return (1.0 / torch.log(1.02 + p)).float()
+    return (1.0 / torch.log(1.02 + p)).pow(power).float()
 
 
 def forward_batch(model, batch: dict, cfg: ExperimentConfig) -> dict:
@@ -187,7 +188,8 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
     coordinate_epoch = cfg.train.epochs if cfg.train.semantic_only else cfg.train.coordinate_epoch
     scheduler = poly_schedule(optimizer, cfg.train.epochs * steps_per_epoch, cfg.train.poly_power,
                               coordinate_epoch * steps_per_epoch)
-    weights = class_weights_for(train_set, cfg.model.num_classes).to(device) if cfg.train.class_weighting else None
+    weights = (class_weights_for(train_set, cfg.model.num_classes, cfg.train.class_weight_power).to(device)
+               if cfg.train.class_weighting else None)
 
     start_epoch, best = 0, -1.0
     last = out_dir / "last.pt"

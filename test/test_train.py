@@ -10,7 +10,7 @@ from panoptic_ros.checkpoint import load_model
 from panoptic_ros.config import config_from_dict
 from panoptic_ros.models import build_model
 from panoptic_ros.models.panonet import coordinate_channels
-from panoptic_ros.train import forward_batch, poly_schedule, train
+from panoptic_ros.train import class_weights_for, forward_batch, poly_schedule, train
 
 
 def config(root, epochs):
@@ -126,3 +126,27 @@ def test_bf16_autocast_trains(toy_camvid, tmp_path):
     train(cfg, tmp_path / "bf16")
     record = json.loads((tmp_path / "bf16" / "log.jsonl").read_text())
     assert record["precision"] == "bf16" and math.isfinite(record["loss_total"]) and record["val_miou"] >= 0
+
+
+class _Labels:
+    """A dataset of hand-made label maps, as class_weights_for reads them (decode(index)[1])."""
+
+    def __init__(self, *maps):
+        self.maps = [torch.tensor(m, dtype=torch.uint8).numpy() for m in maps]
+
+    def __len__(self):
+        return len(self.maps)
+
+    def decode(self, index):
+        return None, self.maps[index]
+
+
+def test_class_weights_follow_enet_and_their_power():
+    # 6 labelled pixels: class 0 four times, class 1 twice, class 2 never; 255 is ignored.
+    data = _Labels([[0, 0, 255], [1, 0, 255]], [[0, 1, 255]])
+    p = torch.tensor([4 / 6, 2 / 6, 0.0], dtype=torch.float64)
+    enet = 1.0 / torch.log(1.02 + p)
+    torch.testing.assert_close(class_weights_for(data, 3), enet.float())
+    torch.testing.assert_close(class_weights_for(data, 3, power=0.5), enet.sqrt().float())
+    with pytest.raises(ValueError, match="class_weight_power"):
+        config_from_dict({"train": {"class_weight_power": 0}})
