@@ -4,6 +4,8 @@ import threading
 import time
 from collections import Counter
 
+import numpy as np
+
 from panoptic_ros.runtime import (ERROR, MIN_REJECTED_FOR_ERROR, OK, STALE, WARN, CameraStats, ErrorThrottle, FrameSlots,
                                   RateMeter, SequenceGaps, camera_status)
 
@@ -127,3 +129,100 @@ def test_sequence_gaps_count_frames_lost_before_the_node():
     assert gaps.update("a", 2) == 0 and gaps.update("a", 3) == 0  # a restarted publisher
     assert gaps.update("a", None) == 0
     assert gaps.update(None, 9) == 0 and gaps.update("a", 9) == 0  # an unknown publisher resets the numbering
+
+
+def test_rate_meter_counts_events_exactly_at_the_horizon_and_the_time_since_start():
+    """Kills ``_times[0] <= now - horizon`` (the event exactly one horizon old is dropped: 2.0 Hz instead of 2.5) and
+    ``span = max(...)``/a span of ``horizon`` before ``horizon`` seconds have passed (1.5 Hz instead of 3.0)."""
+    meter = RateMeter(horizon=2.0)
+    meter._start = 0.0
+    for t in (0.0, 0.5, 1.0):
+        meter.tick(t)
+    assert meter.rate(1.0) == 3.0  # 3 events in the 1 s since the start
+    for t in (1.5, 2.0):
+        meter.tick(t)
+    assert meter.rate(2.0) == 2.5  # the event at 0.0 is exactly 2 s old: still inside
+    assert meter.rate(2.25) == 2.0  # now it is not
+    assert RateMeter(horizon=2.0).rate(meter._start) == 0.0
+
+
+def test_error_throttle_logs_again_exactly_one_period_later():
+    """Kills ``now - last < period`` -> ``<=`` (quiet at exactly one period) and a miscount of the skipped ones."""
+    throttle = ErrorThrottle(period=10)
+    assert throttle.record("step", 5.0) == ""
+    assert throttle.record("step", 6.0) is None
+    assert throttle.record("step", 15.0) == " (1 more since the last report)"
+    assert throttle.record("step", 25.0) == ""
+
+
+def test_a_repeated_sequence_number_is_no_gap():
+    """Kills ``sequence > last`` -> ``>=`` (a repeated number would count -1 frames lost)."""
+    gaps = SequenceGaps()
+    assert gaps.update("a", 4) == 0 and gaps.update("a", 4) == 0 and gaps.update("a", 6) == 1
+
+
+def varied(stats: CameraStats, now: float = 1.0) -> None:
+    """100 processed frames in ``now`` seconds with total latencies 1, 2, ..., 100 ms (model 100 ms more)."""
+    for k in range(100):
+        stats.record_input(k * now / 100)
+        stats.record_output(k * now / 100, {"model": k + 101.0, "total": k + 1.0})
+
+
+def test_latency_percentiles_are_reported_per_stage_and_the_p90_is_bounded():
+    """With varied latencies p50, p90 and p99 differ (numpy's linear percentiles of 1..100: 50.5, 90.1, 99.01), so
+    swapping or renaming any of them fails; the bound is on the p90 (90.1 ms): kills ``.get("p90")`` mutants and
+    ``total_p90 >= max_latency_ms``-style boundaries (a bound of exactly the p90 is OK)."""
+    stats = CameraStats(window=100, started=0.0)
+    stats.input_rate._start = stats.output_rate._start = 0.0
+    varied(stats)
+    status = camera_status("cam", stats, Counter(), 1.0)
+    latency = {k: v for k, v in status.values.items() if k.startswith("latency_ms.")}
+    assert latency == {"latency_ms.model.p50": "150.5", "latency_ms.model.p90": "190.1", "latency_ms.model.p99": "199.0",
+                       "latency_ms.total.p50": "50.5", "latency_ms.total.p90": "90.1", "latency_ms.total.p99": "99.0"}
+    assert camera_status("cam", stats, Counter(), 1.0, max_latency_ms=91).level == OK
+    high = camera_status("cam", stats, Counter(), 1.0, max_latency_ms=90)
+    assert high.level == WARN and high.message == "p90 latency 90 ms above 90 ms"
+    p90 = float(np.percentile(np.arange(1, 101), 90))
+    assert camera_status("cam", stats, Counter(), 1.0, max_latency_ms=p90).level == OK
+
+
+def unequal_rates(stats: CameraStats) -> None:
+    """Input at 10 Hz for 1 s, of which every other frame is processed (output 5 Hz), the others dropped."""
+    stats.input_rate._start = stats.output_rate._start = 0.0
+    for k in range(10):
+        stats.record_input(k * 0.1)
+        if k % 2:
+            stats.record_output(k * 0.1, {"total": 10.0})
+        else:
+            stats.record_dropped()
+
+
+def test_rate_warnings_tell_the_input_rate_from_the_output_rate():
+    """Input 10 Hz, output 5 Hz: ``min_rate_hz`` is checked against the output rate and ``expected_rate_hz`` against
+    the input rate; kills mutants that swap the two rates or their comparisons."""
+    stats = CameraStats(window=10, started=0.0)
+    unequal_rates(stats)
+    status = camera_status("cam", stats, Counter(), 1.0)
+    assert (status.values["input_rate_hz"], status.values["output_rate_hz"]) == ("10.00", "5.00")
+    assert status.message == "5.0 Hz, 5 dropped"
+    assert camera_status("cam", stats, Counter(), 1.0, expected_rate_hz=8, min_rate_hz=5).level == OK
+    slow_out = camera_status("cam", stats, Counter(), 1.0, min_rate_hz=8)
+    assert slow_out.level == WARN and slow_out.message == "output rate 5.0 Hz below 8 Hz"
+    slow_in = camera_status("cam", stats, Counter(), 1.0, expected_rate_hz=12)
+    assert slow_in.level == WARN and slow_in.message == "input rate 10.0 Hz below the expected 12 Hz"
+    both = camera_status("cam", stats, Counter(), 1.0, expected_rate_hz=12, min_rate_hz=8)
+    assert both.message == "input rate 10.0 Hz below the expected 12 Hz; output rate 5.0 Hz below 8 Hz"
+
+
+def test_no_output_rate_warning_without_input_and_one_below_1_hz():
+    """``min_rate_hz`` applies only while frames arrive: kills ``in_rate >= 0`` (a warning with no input at all)
+    and ``in_rate > 1`` (no warning for a 0.5 Hz input that is never served)."""
+    idle = CameraStats(window=10, started=0.0)
+    idle.input_rate._start = idle.output_rate._start = 0.0
+    assert camera_status("cam", idle, Counter(), 2.0, min_rate_hz=1).level == OK
+    trickle = CameraStats(window=10, started=0.0)
+    trickle.input_rate._start = trickle.output_rate._start = 0.0
+    trickle.record_input(1.0)
+    trickle.record_dropped()
+    warn = camera_status("cam", trickle, Counter(), 2.0, min_rate_hz=0.25)
+    assert warn.level == WARN and warn.message == "output rate 0.0 Hz below 0.25 Hz"
