@@ -221,7 +221,7 @@ class PanopticFPN(nn.Module):
     """
 
     output_stride = 4
-    min_input_size = 32
+    min_input_size = 64  # P5 of 2 x 2: BatchNorm needs more than one value per channel in training
     _size_divisor = 32  # P5's stride: padded inputs keep every FPN level an exact 2x of the next
 
     def __init__(self, num_classes: int, thing_classes: Sequence[int], backbone: str = "resnet50",
@@ -349,7 +349,7 @@ class PanopticFPN(nn.Module):
                              f"{tuple(images.shape)}")
         if min(images.shape[-2:]) < self.min_input_size:
             raise ValueError(f"images of {images.shape[-2]} x {images.shape[-1]} are too small: PanopticFPN "
-                             f"needs at least {self.min_input_size} x {self.min_input_size} (one cell of P5)")
+                             f"needs at least {self.min_input_size} x {self.min_input_size} (2 x 2 cells of P5)")
         if self.training:
             if targets is None or len(targets) != len(images):
                 raise ValueError(f"training needs one target dict per image ({len(images)}), got "
@@ -362,6 +362,35 @@ class PanopticFPN(nn.Module):
                 if "semantic" in t and tuple(t["semantic"].shape) != tuple(images.shape[-2:]):
                     raise ValueError(f"target {i}: semantic is {tuple(t['semantic'].shape)}, expected the "
                                      f"image's {tuple(images.shape[-2:])}")
+
+
+def detection_targets(semantic: Tensor, instances: Tensor, thing_classes: Sequence[int]) -> dict[str, Tensor]:
+    """The detector part of a ``PanopticFPN`` training target from a dataset item's maps (``datasets``: semantic
+    [H, W] class ids, instances [H, W] instance ids, ``NO_INSTANCE`` = -1 elsewhere).
+
+    One detection per instance id present with at least one pixel of a thing class: ``masks`` [n, H, W] uint8 (the
+    id's pixels), ``labels`` [n] int64 (the most frequent thing class among them; ties: the lower id) and
+    ``boxes`` [n, 4] float32, the tight box ``(x1, y1, x2 + 1, y2 + 1)`` (pixel (i, j) covers [j, j+1) x [i, i+1),
+    the ``project_instance_masks`` convention). Detections are in increasing instance id.
+    """
+    things = torch.as_tensor(list(thing_classes), dtype=torch.int64, device=semantic.device)
+    ids = torch.unique(instances[instances >= 0])
+    masks = instances[None] == ids[:, None, None]  # [n, H, W]
+    num = int(max(int(semantic.max()), int(things.max()))) + 1 if semantic.numel() else int(things.max()) + 1
+    thing_pixel = masks & torch.isin(semantic, things)[None]
+    votes = torch.zeros(len(ids), num, dtype=torch.int64, device=semantic.device)
+    votes.scatter_add_(1, semantic.clamp(min=0).flatten().expand(len(ids), -1), thing_pixel.flatten(1).long())
+    keep = votes.sum(1) > 0
+    masks, votes = masks[keep], votes[keep]
+    rows, cols = masks.any(2), masks.any(1)  # [n, H], [n, W]
+    h, w = semantic.shape
+
+    def span(hit: Tensor, size: int) -> tuple[Tensor, Tensor]:
+        return hit.int().argmax(1), size - hit.flip(1).int().argmax(1)
+
+    (y1, y2), (x1, x2) = span(rows, h), span(cols, w)
+    return {"boxes": torch.stack([x1, y1, x2, y2], 1).float(), "labels": votes.argmax(1),
+            "masks": masks.to(torch.uint8)}
 
 
 def build_backbone(name: str, norm: str, weights: str | None, trainable_layers: int,
@@ -439,4 +468,5 @@ def _check_choice(key: str, value, allowed: Sequence) -> None:
 
 
 __all__ = ["BACKBONES", "BACKBONE_NORMS", "MASK_THRESHOLD", "PanopticFPN", "SEMANTIC_FEATURES", "SemanticFPN",
-           "SemanticP2", "SemanticPredictor", "ThingLabels", "VARIANTS", "build_backbone", "top_k_cross_entropy"]
+           "SemanticP2", "SemanticPredictor", "ThingLabels", "VARIANTS", "build_backbone", "detection_targets",
+           "top_k_cross_entropy"]

@@ -13,7 +13,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from panoptic_ros.classes import CAMVID
 from panoptic_ros.models import build_model
 from panoptic_ros.models.panoptic_fpn import (MASK_THRESHOLD, VARIANTS, PanopticFPN, SemanticFPN, ThingLabels,
-                                              top_k_cross_entropy)
+                                              detection_targets, top_k_cross_entropy)
 
 H, W = 64, 96
 THINGS = CAMVID.thing_ids  # car, pedestrian, bicyclist: 8, 9, 10
@@ -217,8 +217,8 @@ def test_backbone_weights_imagenet_use_torchvisions_weights_api(monkeypatch):
 
 def test_bad_inputs_and_keywords_raise_clear_errors():
     model = tiny().eval()
-    with pytest.raises(ValueError, match="at least 32 x 32"):
-        model(torch.zeros(1, 3, 31, 96))
+    with pytest.raises(ValueError, match="at least 64 x 64"):
+        model(torch.zeros(1, 3, 63, 96))
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         model(torch.zeros(1, 4, 64, 96))
     model.train()
@@ -260,3 +260,45 @@ def test_top_k_cross_entropy_keeps_the_hardest_share_of_each_image():
                                0.1, 255)
     assert float(both) == pytest.approx(float(per_pixel[8]))  # an unlabelled image adds nothing
     assert float(top_k_cross_entropy(logits, torch.full_like(target, 255), 0.1, 255)) == 0.0
+
+
+def test_detection_targets_from_a_dataset_items_maps():
+    semantic = torch.tensor([[3, 8, 8, 3, 3],
+                             [3, 8, 8, 9, 3],
+                             [11, 3, 3, 9, 9]])
+    instances = torch.tensor([[-1, 4, 4, -1, -1],
+                              [-1, 4, 4, 1, -1],
+                              [-1, -1, -1, 1, 1]])
+    instances_with_stuff = torch.where(semantic == 11, 7, instances)  # an id over void only: no detection
+    target = detection_targets(semantic, instances_with_stuff, THINGS)
+    assert target["labels"].tolist() == [9, 8]  # increasing instance id: 1, 4
+    assert target["boxes"].tolist() == [[3.0, 1.0, 5.0, 3.0], [1.0, 0.0, 3.0, 2.0]]
+    assert target["masks"].dtype == torch.uint8
+    assert torch.equal(target["masks"][1].bool(), instances == 4)
+    model = tiny().train()  # what the model takes
+    pad = (0, 59, 0, 61)  # to 64 x 64, the smallest input
+    big_semantic = torch.nn.functional.pad(semantic, pad, value=3)
+    big_target = detection_targets(big_semantic, torch.nn.functional.pad(instances, pad, value=-1), THINGS)
+    losses = model(torch.randn(1, 3, 64, 64), [dict(big_target, semantic=big_semantic)])
+    assert math.isfinite(losses["loss_mask"].item())
+
+
+def test_raw_outputs_feed_both_panoptic_merges():
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from panoptic_ros.panoptic_merge import fuse_panoptic, merge_panoptic_fpn
+    from panoptic_ros.postprocess import ids_from_segment_map
+
+    model = tiny().eval()
+    with torch.no_grad():
+        out = model(images(1))
+    det = out["detections"][0]
+    masks = paste_masks_in_image(det["masks"][:, None], det["boxes"], (H, W))[:, 0]
+    semantic = torch.nn.functional.interpolate(out["semantic"], size=(H, W), mode="bilinear").argmax(1)[0]
+    semantic[:8] = 8  # some car pixels whatever the random head says
+    for merge in (merge_panoptic_fpn, fuse_panoptic):
+        merged = merge(semantic, masks, det["scores"], det["labels"], CAMVID, score_threshold=0.0)
+        ids = [s.id for s in merged.panoptic.segments]
+        assert torch.equal(torch.from_numpy(ids_from_segment_map(merged.panoptic.segment_map.numpy(), ids)),
+                           merged.panoptic.panoptic)
+        assert merged.instances.shape == (H, W) and int(merged.instances.max()) == len(merged.classes) - 1
