@@ -297,7 +297,8 @@ class PanopticFPN(nn.Module):
             losses["loss_semantic"] = self.semantic_loss_weight * top_k_cross_entropy(
                 full[..., :height, :width], semantic, self.bootstrap_ratio, self.ignore_index)
             return losses
-        crop = (slice(None), slice(None), slice(0, -(-height // 4)), slice(0, -(-width // 4)))
+        stride = self.output_stride
+        crop = (slice(None), slice(None), slice(0, -(-height // stride)), slice(0, -(-width // stride)))
         out = {"semantic": logits[crop], "detections": [
             {"boxes": d["boxes"], "labels": self.thing_labels.to_dataset(d["labels"]), "scores": d["scores"],
              "masks": d["masks"]} for d in detections]}
