@@ -1,8 +1,9 @@
-"""IMP benchmark: compiled CPU kernel against the pure-PyTorch reference, and the CUDA kernel when a GPU exists.
+"""IMP benchmark: compiled CPU kernel against the pure-PyTorch reference, and the CUDA kernel when a GPU exists,
+for both sampling rules (``overlap``, Algorithm 1 and the default, and ``centre``).
 
 Workload (issue #2): N detections in {10, 100, 500} with S = 28 masks onto an 8 x 256 x 512 canvas at stride 4
-(boxes drawn over a 1024 x 2048 image). On the CPU both implementations run in this one process on the same
-inputs, and the result is their ratio. On a GPU the kernel's time comes from CUDA events; its effective bandwidth
+(boxes drawn over a 1024 x 2048 image). On the CPU both implementations and both rules run in this one process on
+the same inputs, and the results are their ratios. On a GPU the kernel's time comes from CUDA events; its effective bandwidth
 counts the bytes it must move at least (masks read, canvas and winner index written).
 
     python -m benchmarks.imp [--quick]
@@ -15,7 +16,7 @@ import argparse
 import torch
 from torch.utils import benchmark
 
-from panoptic_ros.ops import extension_available, project_instance_masks, project_instance_masks_reference
+from panoptic_ros.ops import SAMPLING, extension_available, project_instance_masks, project_instance_masks_reference
 
 from .common import environment, report, write_results
 
@@ -41,13 +42,13 @@ def time_cpu(fn, args, min_run_time: float) -> float:
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def time_cuda(args, iters: int = 200) -> float:
+def time_cuda(args, sampling: str, iters: int = 200) -> float:
     for _ in range(10):
-        project_instance_masks(*args, CANVAS, BOX_SCALE)
+        project_instance_masks(*args, CANVAS, BOX_SCALE, sampling)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(iters):
-        project_instance_masks(*args, CANVAS, BOX_SCALE)
+        project_instance_masks(*args, CANVAS, BOX_SCALE, sampling)
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / 1e3 / iters
@@ -64,9 +65,12 @@ def main() -> None:
     rows = []
     for n in (10, 100, 500):
         args = detections(n, cpu)
-        kernel = time_cpu(lambda *a: project_instance_masks(*a, CANVAS, BOX_SCALE), args, min_run)
-        reference = time_cpu(lambda *a: project_instance_masks_reference(*a, CANVAS, BOX_SCALE), args, min_run)
-        rows.append({"N": n, "kernel_ms": kernel * 1e3, "reference_ms": reference * 1e3, "speedup": reference / kernel})
+        for sampling in SAMPLING:
+            kernel = time_cpu(lambda *a: project_instance_masks(*a, CANVAS, BOX_SCALE, sampling), args, min_run)
+            reference = time_cpu(lambda *a: project_instance_masks_reference(*a, CANVAS, BOX_SCALE, sampling), args,
+                                 min_run)
+            rows.append({"N": n, "sampling": sampling, "kernel_ms": kernel * 1e3, "reference_ms": reference * 1e3,
+                         "speedup": reference / kernel})
     payload = {
         **environment(cpu),
         "workload": {"canvas_CHW": CANVAS, "mask_S": MASK, "box_scale": BOX_SCALE, "image_WH": [2048, 1024]},
@@ -80,9 +84,10 @@ def main() -> None:
         f"{payload['cpu_threads']} threads",
         f"canvas {CANVAS[0]}x{CANVAS[1]}x{CANVAS[2]} (C x H x W), S={MASK}, box_scale={BOX_SCALE}",
         "",
-        "| N | CPU kernel (ms) | reference (ms) | speed-up |",
-        "|---|---|---|---|",
-        *(f"| {r['N']} | {r['kernel_ms']:.3f} | {r['reference_ms']:.1f} | {r['speedup']:.0f}x |" for r in rows),
+        "| N | sampling | CPU kernel (ms) | reference (ms) | speed-up |",
+        "|---|---|---|---|---|",
+        *(f"| {r['N']} | {r['sampling']} | {r['kernel_ms']:.3f} | {r['reference_ms']:.1f} | {r['speedup']:.0f}x |"
+          for r in rows),
         "",
     ]
     if torch.cuda.is_available():
@@ -90,15 +95,18 @@ def main() -> None:
         cuda_rows = []
         for n in (10, 100, 500, 1000):
             args = detections(n, gpu)
-            seconds = time_cuda(args)
-            moved = n * MASK * MASK * 4 + CANVAS[0] * CANVAS[1] * CANVAS[2] * (4 + 8)
-            cuda_rows.append({"N": n, "kernel_us": seconds * 1e6, "effective_GBps": moved / seconds / 1e9})
+            for sampling in SAMPLING:
+                seconds = time_cuda(args, sampling)
+                moved = n * MASK * MASK * 4 + CANVAS[0] * CANVAS[1] * CANVAS[2] * (4 + 8)
+                cuda_rows.append({"N": n, "sampling": sampling, "kernel_us": seconds * 1e6,
+                                  "effective_GBps": moved / seconds / 1e9})
         gpu_payload = {**environment(gpu), "workload": payload["workload"], "cuda_kernel": cuda_rows,
                        "target": "CUDA kernel < 50 us at N=100 on an H100"}
         write_results("imp", gpu, gpu_payload, "\n".join([
             "# IMP benchmark (CUDA)", "", f"commit {gpu_payload['commit']}, {gpu_payload['gpu']}, torch {gpu_payload['torch']}",
-            "", "| N | kernel (us) | effective GB/s |", "|---|---|---|",
-            *(f"| {r['N']} | {r['kernel_us']:.1f} | {r['effective_GBps']:.0f} |" for r in cuda_rows), "",
+            "", "| N | sampling | kernel (us) | effective GB/s |", "|---|---|---|---|",
+            *(f"| {r['N']} | {r['sampling']} | {r['kernel_us']:.1f} | {r['effective_GBps']:.0f} |" for r in cuda_rows),
+            "",
         ]))
     else:
         payload["cuda_kernel"] = "unmeasured: no CUDA device in this run"

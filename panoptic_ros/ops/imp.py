@@ -13,7 +13,7 @@ import os
 import torch
 from torch import Tensor
 
-from ._reference import project_instance_masks_reference
+from ._reference import SAMPLING, project_instance_masks_reference
 
 _log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def project_instance_masks(
     boxes: Tensor,
     canvas_size: tuple[int, int, int],
     box_scale: float = 1.0,
+    sampling: str = "overlap",
 ) -> Tensor:
     """Project scored instance masks onto a per-class canvas (IMP, Sec. 3.1, Algorithm 1).
 
@@ -53,20 +54,30 @@ def project_instance_masks(
         boxes: ``[N, 4]`` boxes ``(x1, y1, x2, y2)`` in image pixels (any floating dtype; used as float32).
         canvas_size: ``(C, H, W)`` of the canvas.
         box_scale: canvas pixels per image pixel (``0.25`` for a canvas at stride 4).
+        sampling: which mask cells a canvas pixel reads. ``"overlap"`` (default, Algorithm 1): every cell whose
+            rectangle overlaps the pixel with positive area, so a cell smaller than a pixel still lands on the
+            pixel it falls in. ``"centre"``: the one cell under the pixel centre (cheaper; cells smaller than a
+            pixel may project nothing: at stride 4 every 28 x 28 mask of a box under 112 image pixels).
 
     Returns:
         ``[C, H, W]`` canvas in the dtype of ``masks``:
-        ``canvas[c, i, j] = max(0, max over detections n of class c covering (i, j) of masks[n, u, v] * scores[n])``.
+        ``canvas[c, i, j] = max(0, max over detections n of class c and cells (u, v) that (i, j) reads of
+        masks[n, u, v] * scores[n])``.
 
     Rules, identical in the CPU kernel, the CUDA kernel and the reference:
 
     * Geometry. Canvas pixel ``(i, j)`` covers ``[j, j + 1) x [i, i + 1)``; its centre is ``(j + 0.5, i + 0.5)``.
-      A box is scaled to ``(x1, y1, x2, y2) * box_scale`` and split into ``S_h x S_w`` equal cells. Pixel column
-      ``j`` lies in cell column ``v = floor(((j + 0.5) - x1) * S_w / (x2 - x1))`` (and rows alike); it is covered
-      when ``0 <= v < S_w``, i.e. when its centre lies in the half-open box. Each step is rounded to float32, in
-      that order. A cell smaller than a pixel covers no pixel; a pixel is covered by one cell of each detection.
+      A box is scaled to ``(x1, y1, x2, y2) * box_scale`` and split into ``S_h x S_w`` equal cells; cell column
+      ``v`` spans ``[v, v + 1)`` in cell units ``e(x) = (x - x1) * S_w / (x2 - x1)`` (rows alike). Each step of
+      ``e`` is rounded to float32, in that order.
+      ``centre``: column ``j`` reads cell ``v = floor(e(j + 0.5))`` when ``0 <= v < S_w`` (its centre lies in
+      the half-open box). ``overlap``: column ``j`` reads cells ``max(0, floor(e(j)))`` to
+      ``min(S_w - 1, ceil(e(j + 1)) - 1)``, those overlapping ``[j, j + 1)`` with positive length (in a box so
+      wide that float32 makes ``e(j) == e(j + 1)``, the cell ``floor(e(j))`` holding that point). A pixel reads
+      the cells in both its row and its column range and takes the largest value; on ties within a detection,
+      the first cell in row-major order.
     * Invalid detections project nothing: non-finite box coordinates, ``x2 <= x1`` or ``y2 <= y1``, boxes that
-      hold no pixel centre of the canvas (e.g. fully outside), classes outside ``[0, C)``.
+      no pixel reads (e.g. fully outside), classes outside ``[0, C)``.
     * Values are ``float(mask) * float(score)`` (float64 for float64 inputs), maximised in that precision and
       rounded once to the output dtype. The canvas starts at 0, so negative and NaN values never appear.
     * Ties: the detection with the smallest index keeps the pixel.
@@ -75,21 +86,25 @@ def project_instance_masks(
       pass no gradient. ``classes`` and ``boxes`` get none.
 
     Raises:
+        ValueError: ``sampling`` is not one of ``SAMPLING``.
         RuntimeError: the compiled extension is missing and ``PANOPTIC_ROS_IMP_FALLBACK=1`` is not set; or an
             argument has the wrong shape, dtype or device (the message names it).
     """
+    if sampling not in SAMPLING:
+        raise ValueError(f"imp: sampling must be one of {SAMPLING}, got {sampling!r}")
     num_classes, height, width = (int(v) for v in canvas_size)
     if not extension_available():
-        return _fallback(masks, scores, classes, boxes, (num_classes, height, width), box_scale)
+        return _fallback(masks, scores, classes, boxes, (num_classes, height, width), box_scale, sampling)
     # The winner index (8 bytes per canvas pixel) is only needed to route gradients.
     with_winner = torch.is_grad_enabled() and (masks.requires_grad or scores.requires_grad)
     canvas, _ = torch.ops.panoptic_ros.imp_forward(
-        masks, scores, classes.long(), boxes, num_classes, height, width, float(box_scale), with_winner
+        masks, scores, classes.long(), boxes, num_classes, height, width, float(box_scale), sampling == "overlap",
+        with_winner,
     )
     return canvas
 
 
-def _fallback(masks, scores, classes, boxes, canvas_size, box_scale) -> Tensor:
+def _fallback(masks, scores, classes, boxes, canvas_size, box_scale, sampling) -> Tensor:
     global _warned_fallback
     if os.environ.get(FALLBACK_ENV) != "1":
         raise RuntimeError(
@@ -104,34 +119,34 @@ def _fallback(masks, scores, classes, boxes, canvas_size, box_scale) -> Tensor:
             FALLBACK_ENV,
         )
         _warned_fallback = True
-    return project_instance_masks_reference(masks, scores, classes, boxes, canvas_size, box_scale)
+    return project_instance_masks_reference(masks, scores, classes, boxes, canvas_size, box_scale, sampling)
 
 
 if extension_available():
 
     @torch.library.register_fake("panoptic_ros::imp_forward")
-    def _imp_forward_fake(masks, scores, classes, boxes, num_classes, height, width, box_scale, with_winner):
+    def _imp_forward_fake(masks, scores, classes, boxes, num_classes, height, width, box_scale, overlap, with_winner):
         torch._check(masks.dim() == 3, lambda: f"imp: masks must be [N, S_h, S_w], got {tuple(masks.shape)}")
         canvas = masks.new_empty((num_classes, height, width))
         winner_shape = (num_classes, height, width) if with_winner else (0,)
         return canvas, masks.new_empty(winner_shape, dtype=torch.long)
 
     @torch.library.register_fake("panoptic_ros::imp_backward")
-    def _imp_backward_fake(grad_canvas, winner, masks, scores, classes, boxes, box_scale):
+    def _imp_backward_fake(grad_canvas, winner, masks, scores, classes, boxes, box_scale, overlap):
         return torch.empty_like(masks), torch.empty_like(scores)
 
     def _setup_context(ctx, inputs, output):
-        masks, scores, classes, boxes, _, _, _, box_scale, _ = inputs
+        masks, scores, classes, boxes, _, _, _, box_scale, overlap, _ = inputs
         _, winner = output
         ctx.save_for_backward(masks, scores, classes, boxes, winner)
-        ctx.box_scale = box_scale
+        ctx.box_scale, ctx.overlap = box_scale, overlap
         ctx.mark_non_differentiable(winner)
 
     def _backward(ctx, grad_canvas, _grad_winner):
         masks, scores, classes, boxes, winner = ctx.saved_tensors
         grad_masks, grad_scores = torch.ops.panoptic_ros.imp_backward(
-            grad_canvas, winner, masks, scores, classes, boxes, ctx.box_scale
+            grad_canvas, winner, masks, scores, classes, boxes, ctx.box_scale, ctx.overlap
         )
-        return grad_masks, grad_scores, None, None, None, None, None, None, None
+        return grad_masks, grad_scores, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd("panoptic_ros::imp_forward", _backward, setup_context=_setup_context)

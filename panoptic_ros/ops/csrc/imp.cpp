@@ -2,7 +2,7 @@
 //
 // IMP paper (../shared/papers/imp-panoptic-fpn-imp.txt), Sec. 3.1 and Algorithm 1: every cell of every instance
 // mask, scaled by its detection score, is projected onto the canvas plane of its class over the pixels the cell
-// covers inside the detection box; where projections overlap the canvas keeps the maximum. The exact rules (pixel
+// reaches inside the detection box; where projections overlap the canvas keeps the maximum. The exact rules (pixel
 // centres, ties, invalid detections) are documented in panoptic_ros/ops/imp.py.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -10,6 +10,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <vector>
 
 #include "imp.h"
@@ -21,7 +22,8 @@ namespace {
 
 template <typename scalar_t, bool kWithWinner>
 void forward_cpu_kernel(const at::Tensor& masks, const at::Tensor& scores, const at::Tensor& classes,
-                        const at::Tensor& boxes, float box_scale, at::Tensor& canvas, at::Tensor& winner) {
+                        const at::Tensor& boxes, float box_scale, bool overlap, at::Tensor& canvas,
+                        at::Tensor& winner) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n_inst = masks.size(0), mask_h = masks.size(1), mask_w = masks.size(2);
   const int64_t n_cls = canvas.size(0), height = canvas.size(1), width = canvas.size(2);
@@ -31,46 +33,68 @@ void forward_cpu_kernel(const at::Tensor& masks, const at::Tensor& scores, const
   const float* b = boxes.const_data_ptr<float>();
   acc_t* out = canvas.mutable_data_ptr<acc_t>();
   int64_t* win = kWithWinner ? winner.mutable_data_ptr<int64_t>() : nullptr;
+  const acc_t none = -std::numeric_limits<acc_t>::infinity();
 
   // Class planes are disjoint, so each thread owns a range of classes and walks the detections in order:
   // the strict '>' keeps the earliest detection on ties, as the CUDA kernel's atomicMin on the index does.
   at::parallel_for(0, n_cls, 1, [&](int64_t c_begin, int64_t c_end) {
-    std::vector<int64_t> col_cell, row_cells;
-    std::vector<acc_t> row_values;
+    std::vector<int64_t> col_lo, col_hi, row_arg;
+    std::vector<acc_t> row_max;
     for (int64_t n = 0; n < n_inst; ++n) {
       const int64_t c = cls[n];
       Placement g;
-      if (c < c_begin || c >= c_end || !place_box(b + 4 * n, box_scale, mask_h, mask_w, height, width, &g)) {
+      if (c < c_begin || c >= c_end ||
+          !place_box(b + 4 * n, box_scale, mask_h, mask_w, height, width, overlap, &g)) {
         continue;
       }
       const int64_t box_w = g.c1 - g.c0;
-      col_cell.resize(box_w);
-      row_cells.resize(box_w);
-      row_values.resize(box_w);
-      for (int64_t j = 0; j < box_w; ++j) col_cell[j] = cell_of(g.c0 + j, g.x_lo, g.x_len, mask_w);
+      col_lo.resize(box_w);
+      col_hi.resize(box_w);
+      for (int64_t j = 0; j < box_w; ++j) {
+        col_lo[j] = low_cell(g.c0 + j, g.x_lo, g.x_len, mask_w, overlap);
+        col_hi[j] = high_cell(g.c0 + j, g.x_lo, g.x_len, mask_w, overlap);
+      }
+      // The maximum over the cells a pixel reads is separable: first over its cell columns in every mask row
+      // the box reads (row_max, the first column on ties), then over its cell rows (the first row on ties). The
+      // winner is the first cell in row-major order that holds the maximum, as in the CUDA kernel.
+      const int64_t u_first = low_cell(g.r0, g.y_lo, g.y_len, mask_h, overlap);
+      const int64_t u_last = high_cell(g.r1 - 1, g.y_lo, g.y_len, mask_h, overlap);
       const acc_t score = static_cast<acc_t>(p[n]);
-      int64_t last_u = -1;
-      for (int64_t i = g.r0; i < g.r1; ++i) {
-        const int64_t u = cell_of(i, g.y_lo, g.y_len, mask_h);
-        if (u != last_u) {  // canvas rows inside one mask row see the same projected values
-          const int64_t row_base = (n * mask_h + u) * mask_w;
-          for (int64_t j = 0; j < box_w; ++j) {
-            row_cells[j] = row_base + col_cell[j];
-            row_values[j] = static_cast<acc_t>(m[row_cells[j]]) * score;
-          }
-          last_u = u;
-        }
-        acc_t* dst = out + (c * height + i) * width + g.c0;
-        if (kWithWinner) {
-          int64_t* dst_win = win + (c * height + i) * width + g.c0;
-          for (int64_t j = 0; j < box_w; ++j) {
-            if (row_values[j] > dst[j]) {
-              dst[j] = row_values[j];
-              dst_win[j] = row_cells[j];
+      row_max.assign((u_last - u_first + 1) * box_w, none);
+      row_arg.assign((u_last - u_first + 1) * box_w, -1);
+      for (int64_t u = u_first; u <= u_last; ++u) {
+        const scalar_t* mask_row = m + (n * mask_h + u) * mask_w;
+        acc_t* best = row_max.data() + (u - u_first) * box_w;
+        int64_t* arg = row_arg.data() + (u - u_first) * box_w;
+        for (int64_t j = 0; j < box_w; ++j) {
+          for (int64_t v = col_lo[j]; v <= col_hi[j]; ++v) {
+            const acc_t value = static_cast<acc_t>(mask_row[v]) * score;
+            if (value > best[j]) {  // NaN never wins
+              best[j] = value;
+              arg[j] = v;
             }
           }
-        } else {
-          for (int64_t j = 0; j < box_w; ++j) dst[j] = row_values[j] > dst[j] ? row_values[j] : dst[j];
+        }
+      }
+      for (int64_t i = g.r0; i < g.r1; ++i) {
+        const int64_t u_lo = low_cell(i, g.y_lo, g.y_len, mask_h, overlap);
+        const int64_t u_hi = high_cell(i, g.y_lo, g.y_len, mask_h, overlap);
+        acc_t* dst = out + (c * height + i) * width + g.c0;
+        int64_t* dst_win = kWithWinner ? win + (c * height + i) * width + g.c0 : nullptr;
+        for (int64_t j = 0; j < box_w; ++j) {
+          acc_t value = none;
+          int64_t cell = -1;
+          for (int64_t u = u_lo; u <= u_hi; ++u) {
+            const int64_t k = (u - u_first) * box_w + j;
+            if (row_max[k] > value) {
+              value = row_max[k];
+              cell = u * mask_w + row_arg[k];
+            }
+          }
+          if (value > dst[j]) {  // the canvas starts at 0: negative values never land
+            dst[j] = value;
+            if (kWithWinner) dst_win[j] = n * mask_h * mask_w + cell;
+          }
         }
       }
     }
@@ -80,7 +104,7 @@ void forward_cpu_kernel(const at::Tensor& masks, const at::Tensor& scores, const
 template <typename scalar_t>
 void backward_cpu_kernel(const at::Tensor& grad_canvas, const at::Tensor& winner, const at::Tensor& masks,
                          const at::Tensor& scores, const at::Tensor& classes, const at::Tensor& boxes,
-                         float box_scale, at::Tensor& grad_masks, at::Tensor& grad_scores) {
+                         float box_scale, bool overlap, at::Tensor& grad_masks, at::Tensor& grad_scores) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n_inst = masks.size(0), mask_h = masks.size(1), mask_w = masks.size(2);
   const int64_t n_cls = winner.size(0), height = winner.size(1), width = winner.size(2);
@@ -94,21 +118,21 @@ void backward_cpu_kernel(const at::Tensor& grad_canvas, const at::Tensor& winner
   scalar_t* gm = grad_masks.mutable_data_ptr<scalar_t>();
   scalar_t* gp = grad_scores.mutable_data_ptr<scalar_t>();
 
-  // Each detection gathers the gradient of the pixels it won (no scatter, so threads never collide). Per cell,
-  // pixels are summed in row-major order, the same order the CUDA kernel uses, so both give identical results.
+  // Each detection gathers the gradient of the pixels it won, inside its own placement (no scatter, so threads
+  // never collide). Per cell, pixels are summed in row-major order, the same order the CUDA kernel uses, so both
+  // give identical results.
   at::parallel_for(0, n_inst, 1, [&](int64_t n_begin, int64_t n_end) {
     std::vector<acc_t> cell_sum(cells);
     for (int64_t n = n_begin; n < n_end; ++n) {
       std::fill(cell_sum.begin(), cell_sum.end(), acc_t(0));
       const int64_t c = cls[n];
       Placement g;
-      if (c >= 0 && c < n_cls && place_box(b + 4 * n, box_scale, mask_h, mask_w, height, width, &g)) {
+      if (c >= 0 && c < n_cls && place_box(b + 4 * n, box_scale, mask_h, mask_w, height, width, overlap, &g)) {
         for (int64_t i = g.r0; i < g.r1; ++i) {
-          const int64_t row_cell = cell_of(i, g.y_lo, g.y_len, mask_h) * mask_w;
           const int64_t pix_base = (c * height + i) * width;
           for (int64_t j = g.c0; j < g.c1; ++j) {
-            const int64_t cell = row_cell + cell_of(j, g.x_lo, g.x_len, mask_w);
-            if (win[pix_base + j] == n * cells + cell) cell_sum[cell] += static_cast<acc_t>(g_out[pix_base + j]);
+            const int64_t cell = win[pix_base + j] - n * cells;
+            if (cell >= 0 && cell < cells) cell_sum[cell] += static_cast<acc_t>(g_out[pix_base + j]);
           }
         }
       }
@@ -126,7 +150,7 @@ void backward_cpu_kernel(const at::Tensor& grad_canvas, const at::Tensor& winner
 std::tuple<at::Tensor, at::Tensor> imp_forward_cpu(const at::Tensor& masks_in, const at::Tensor& scores_in,
                                                    const at::Tensor& classes_in, const at::Tensor& boxes_in,
                                                    int64_t num_classes, int64_t height, int64_t width,
-                                                   double box_scale, bool with_winner) {
+                                                   double box_scale, bool overlap, bool with_winner) {
   check_forward_args(masks_in, scores_in, classes_in, boxes_in, num_classes, height, width);
   const Inputs in = kernel_inputs(masks_in, scores_in, classes_in, boxes_in);
   const at::Tensor &masks = in.masks, &scores = in.scores, &classes = in.classes, &boxes = in.boxes;
@@ -136,9 +160,9 @@ std::tuple<at::Tensor, at::Tensor> imp_forward_cpu(const at::Tensor& masks_in, c
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, masks.scalar_type(), "imp_forward_cpu", [&] {
       const float scale = static_cast<float>(box_scale);
       if (with_winner) {
-        forward_cpu_kernel<scalar_t, true>(masks, scores, classes, boxes, scale, canvas, winner);
+        forward_cpu_kernel<scalar_t, true>(masks, scores, classes, boxes, scale, overlap, canvas, winner);
       } else {
-        forward_cpu_kernel<scalar_t, false>(masks, scores, classes, boxes, scale, canvas, winner);
+        forward_cpu_kernel<scalar_t, false>(masks, scores, classes, boxes, scale, overlap, canvas, winner);
       }
     });
   }
@@ -148,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor> imp_forward_cpu(const at::Tensor& masks_in, c
 std::tuple<at::Tensor, at::Tensor> imp_backward_cpu(const at::Tensor& grad_canvas_in, const at::Tensor& winner_in,
                                                     const at::Tensor& masks_in, const at::Tensor& scores_in,
                                                     const at::Tensor& classes_in, const at::Tensor& boxes_in,
-                                                    double box_scale) {
+                                                    double box_scale, bool overlap) {
   const BackwardInputs in = backward_inputs(grad_canvas_in, winner_in, masks_in, scores_in, classes_in, boxes_in);
   const at::Tensor &masks = in.masks, &scores = in.scores, &classes = in.classes, &boxes = in.boxes;
   const at::Tensor &grad_canvas = in.grad_canvas, &winner = in.winner;
@@ -156,7 +180,7 @@ std::tuple<at::Tensor, at::Tensor> imp_backward_cpu(const at::Tensor& grad_canva
   if (masks.numel() > 0 && winner.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, masks.scalar_type(), "imp_backward_cpu", [&] {
       backward_cpu_kernel<scalar_t>(grad_canvas, winner, masks, scores, classes, boxes,
-                                    static_cast<float>(box_scale), grad_masks, grad_scores);
+                                    static_cast<float>(box_scale), overlap, grad_masks, grad_scores);
     });
   }
   return {grad_masks, grad_scores};
@@ -165,15 +189,17 @@ std::tuple<at::Tensor, at::Tensor> imp_backward_cpu(const at::Tensor& grad_canva
 }  // namespace
 
 TORCH_LIBRARY(panoptic_ros, m) {
-  // Returns (canvas [C, H, W] in the dtype of masks, winner). With with_winner, winner is [C, H, W] int64: the
-  // flat index n * S_h * S_w + cell of the mask cell that set each pixel, -1 where none did; it routes the
-  // gradient in imp_backward. Without (inference), winner is empty and is neither allocated nor computed.
+  // Returns (canvas [C, H, W] in the dtype of masks, winner). overlap selects the sampling rule (true: every cell
+  // overlapping a pixel, Algorithm 1; false: the cell under the pixel centre). With with_winner, winner is
+  // [C, H, W] int64: the flat index n * S_h * S_w + cell of the mask cell that set each pixel, -1 where none did;
+  // it routes the gradient in imp_backward. Without (inference), winner is empty and is neither allocated nor
+  // computed.
   m.def(
       "imp_forward(Tensor masks, Tensor scores, Tensor classes, Tensor boxes, int num_classes, int height, "
-      "int width, float box_scale, bool with_winner) -> (Tensor, Tensor)");
+      "int width, float box_scale, bool overlap, bool with_winner) -> (Tensor, Tensor)");
   m.def(
       "imp_backward(Tensor grad_canvas, Tensor winner, Tensor masks, Tensor scores, Tensor classes, Tensor boxes, "
-      "float box_scale) -> (Tensor, Tensor)");
+      "float box_scale, bool overlap) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(panoptic_ros, CPU, m) {

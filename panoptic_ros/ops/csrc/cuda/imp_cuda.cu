@@ -1,10 +1,11 @@
 // Instance Mask Projection (IMP): CUDA kernels (IMP paper, Algorithm 1).
 //
-// Forward runs over (detection, box pixel) in one pass, or two when the winner index is wanted: the first takes the maximum of score * mask with an
-// atomicMax on the float's bits (all values written are > 0, and positive IEEE floats order like their bit
-// patterns); the second records, with an atomicMin, the smallest flat cell index that reached the maximum. That is
-// the earliest detection, the same tie rule as the sequential CPU kernel, so both produce identical canvases and
-// winners. Backward gathers per mask cell (no float atomics): deterministic and bit-identical to the CPU kernel.
+// Forward runs over (detection, box pixel) in one pass, or two when the winner index is wanted. Each thread takes
+// the maximum of score * mask over the cells its pixel reads (one under the centre rule, every overlapping one under
+// the overlap rule), the first in row-major order on ties. The first pass writes it with an atomicMax on the float's
+// bits (all values written are > 0, and positive IEEE floats order like their bit patterns); the second records,
+// with an atomicMin, the smallest flat cell index that reached the maximum. That is the earliest detection, the same
+// tie rule as the sequential CPU kernel, so both produce identical canvases and winners. Backward gathers per mask cell (no float atomics): deterministic and bit-identical to the CPU kernel.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -37,10 +38,12 @@ __device__ __forceinline__ void atomic_max_positive(double* address, double valu
 // Loads the placement of detection n into shared memory; returns false for detections that project nothing.
 __device__ __forceinline__ bool load_placement(const int64_t* classes, const float* boxes, float box_scale,
                                                int64_t n, int64_t n_cls, int64_t mask_h, int64_t mask_w,
-                                               int64_t height, int64_t width, Placement* shared, bool* valid) {
+                                               int64_t height, int64_t width, bool overlap, Placement* shared,
+                                               bool* valid) {
   if (threadIdx.x == 0) {
     const int64_t c = classes[n];
-    *valid = c >= 0 && c < n_cls && place_box(boxes + 4 * n, box_scale, mask_h, mask_w, height, width, shared);
+    *valid = c >= 0 && c < n_cls &&
+             place_box(boxes + 4 * n, box_scale, mask_h, mask_w, height, width, overlap, shared);
   }
   __syncthreads();
   return *valid;
@@ -50,12 +53,15 @@ __device__ __forceinline__ bool load_placement(const int64_t* classes, const flo
 template <typename scalar_t, typename acc_t, bool kRecordWinner>
 __global__ void imp_forward_kernel(const scalar_t* __restrict__ masks, const scalar_t* __restrict__ scores,
                                    const int64_t* __restrict__ classes, const float* __restrict__ boxes,
-                                   float box_scale, int64_t mask_h, int64_t mask_w, int64_t n_cls, int64_t height,
-                                   int64_t width, acc_t* __restrict__ canvas, int64_t* __restrict__ winner) {
+                                   float box_scale, bool overlap, int64_t mask_h, int64_t mask_w, int64_t n_cls,
+                                   int64_t height, int64_t width, acc_t* __restrict__ canvas,
+                                   int64_t* __restrict__ winner) {
   __shared__ Placement g;
   __shared__ bool valid;
   const int64_t n = blockIdx.x;
-  if (!load_placement(classes, boxes, box_scale, n, n_cls, mask_h, mask_w, height, width, &g, &valid)) return;
+  if (!load_placement(classes, boxes, box_scale, n, n_cls, mask_h, mask_w, height, width, overlap, &g, &valid)) {
+    return;
+  }
   const int64_t c = classes[n];
   const int64_t box_w = g.c1 - g.c0;
   const int64_t pixels = (g.r1 - g.r0) * box_w;
@@ -64,9 +70,22 @@ __global__ void imp_forward_kernel(const scalar_t* __restrict__ masks, const sca
        k += static_cast<int64_t>(gridDim.y) * blockDim.x) {
     const int64_t i = g.r0 + k / box_w;
     const int64_t j = g.c0 + k % box_w;
-    const int64_t cell = (n * mask_h + cell_of(i, g.y_lo, g.y_len, mask_h)) * mask_w + cell_of(j, g.x_lo, g.x_len, mask_w);
-    const acc_t v = static_cast<acc_t>(masks[cell]) * score;
-    if (!(v > acc_t(0))) continue;  // negative and NaN values never beat the empty canvas (0)
+    const int64_t u_hi = high_cell(i, g.y_lo, g.y_len, mask_h, overlap);
+    const int64_t v_lo = low_cell(j, g.x_lo, g.x_len, mask_w, overlap);
+    const int64_t v_hi = high_cell(j, g.x_lo, g.x_len, mask_w, overlap);
+    acc_t v = 0;  // negative and NaN values never beat the empty canvas (0)
+    int64_t cell = -1;
+    for (int64_t u = low_cell(i, g.y_lo, g.y_len, mask_h, overlap); u <= u_hi; ++u) {
+      for (int64_t x = v_lo; x <= v_hi; ++x) {
+        const int64_t flat = (n * mask_h + u) * mask_w + x;
+        const acc_t value = static_cast<acc_t>(masks[flat]) * score;
+        if (value > v) {
+          v = value;
+          cell = flat;
+        }
+      }
+    }
+    if (cell < 0) continue;
     const int64_t pix = (c * height + i) * width + j;
     if (kRecordWinner) {
       if (v == canvas[pix]) {
@@ -84,25 +103,26 @@ template <typename scalar_t, typename acc_t>
 __global__ void imp_backward_kernel(const scalar_t* __restrict__ grad_canvas, const int64_t* __restrict__ winner,
                                     const scalar_t* __restrict__ masks, const scalar_t* __restrict__ scores,
                                     const int64_t* __restrict__ classes, const float* __restrict__ boxes,
-                                    float box_scale, int64_t mask_h, int64_t mask_w, int64_t n_cls, int64_t height,
-                                    int64_t width, scalar_t* __restrict__ grad_masks, acc_t* __restrict__ partial,
-                                    scalar_t* __restrict__ grad_scores) {
+                                    float box_scale, bool overlap, int64_t mask_h, int64_t mask_w, int64_t n_cls,
+                                    int64_t height, int64_t width, scalar_t* __restrict__ grad_masks,
+                                    acc_t* __restrict__ partial, scalar_t* __restrict__ grad_scores) {
   __shared__ Placement g;
   __shared__ bool valid;
   const int64_t n = blockIdx.x;
   const int64_t cells = mask_h * mask_w;
-  const bool placed = load_placement(classes, boxes, box_scale, n, n_cls, mask_h, mask_w, height, width, &g, &valid);
+  const bool placed =
+      load_placement(classes, boxes, box_scale, n, n_cls, mask_h, mask_w, height, width, overlap, &g, &valid);
   const acc_t score = static_cast<acc_t>(scores[n]);
   for (int64_t k = threadIdx.x; k < cells; k += blockDim.x) {
     acc_t sum = 0;
     if (placed) {
       const int64_t c = classes[n];
       const int64_t u = k / mask_w, v = k % mask_w;
-      // The pixels whose centres fall in cell (u, v); always inside the placement's [r0, r1) x [c0, c1).
-      const int64_t r0 = first_pixel(u, g.y_lo, g.y_len, mask_h, height);
-      const int64_t r1 = first_pixel(u + 1, g.y_lo, g.y_len, mask_h, height);
-      const int64_t c0 = first_pixel(v, g.x_lo, g.x_len, mask_w, width);
-      const int64_t c1 = first_pixel(v + 1, g.x_lo, g.x_len, mask_w, width);
+      // The pixels that read cell (u, v); always inside the placement's [r0, r1) x [c0, c1).
+      const int64_t r0 = first_pixel<true>(u, g.y_lo, g.y_len, mask_h, height, overlap);
+      const int64_t r1 = first_pixel<false>(u + 1, g.y_lo, g.y_len, mask_h, height, overlap);
+      const int64_t c0 = first_pixel<true>(v, g.x_lo, g.x_len, mask_w, width, overlap);
+      const int64_t c1 = first_pixel<false>(v + 1, g.x_lo, g.x_len, mask_w, width, overlap);
       for (int64_t i = r0; i < r1; ++i) {
         const int64_t pix_base = (c * height + i) * width;
         for (int64_t j = c0; j < c1; ++j) {
@@ -131,7 +151,7 @@ int chunks_for(int64_t height, int64_t width) {
 std::tuple<at::Tensor, at::Tensor> imp_forward_cuda(const at::Tensor& masks_in, const at::Tensor& scores_in,
                                                     const at::Tensor& classes_in, const at::Tensor& boxes_in,
                                                     int64_t num_classes, int64_t height, int64_t width,
-                                                    double box_scale, bool with_winner) {
+                                                    double box_scale, bool overlap, bool with_winner) {
   check_forward_args(masks_in, scores_in, classes_in, boxes_in, num_classes, height, width);
   const c10::cuda::CUDAGuard guard(masks_in.device());
   const Inputs in = kernel_inputs(masks_in, scores_in, classes_in, boxes_in);
@@ -152,11 +172,11 @@ std::tuple<at::Tensor, at::Tensor> imp_forward_cuda(const at::Tensor& masks_in, 
       int64_t* win = with_winner ? winner.mutable_data_ptr<int64_t>() : nullptr;
       const float scale = static_cast<float>(box_scale);
       imp_forward_kernel<scalar_t, acc_t, false><<<grid, kThreads, 0, stream>>>(
-          m, p, cls, b, scale, masks.size(1), masks.size(2), num_classes, height, width, out, win);
+          m, p, cls, b, scale, overlap, masks.size(1), masks.size(2), num_classes, height, width, out, win);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (with_winner) {
         imp_forward_kernel<scalar_t, acc_t, true><<<grid, kThreads, 0, stream>>>(
-            m, p, cls, b, scale, masks.size(1), masks.size(2), num_classes, height, width, out, win);
+            m, p, cls, b, scale, overlap, masks.size(1), masks.size(2), num_classes, height, width, out, win);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     });
@@ -167,7 +187,7 @@ std::tuple<at::Tensor, at::Tensor> imp_forward_cuda(const at::Tensor& masks_in, 
 std::tuple<at::Tensor, at::Tensor> imp_backward_cuda(const at::Tensor& grad_canvas_in, const at::Tensor& winner_in,
                                                      const at::Tensor& masks_in, const at::Tensor& scores_in,
                                                      const at::Tensor& classes_in, const at::Tensor& boxes_in,
-                                                     double box_scale) {
+                                                     double box_scale, bool overlap) {
   const c10::cuda::CUDAGuard guard(masks_in.device());
   const BackwardInputs in = backward_inputs(grad_canvas_in, winner_in, masks_in, scores_in, classes_in, boxes_in);
   const at::Tensor &masks = in.masks, &scores = in.scores, &classes = in.classes, &boxes = in.boxes;
@@ -183,7 +203,7 @@ std::tuple<at::Tensor, at::Tensor> imp_backward_cuda(const at::Tensor& grad_canv
       imp_backward_kernel<scalar_t, acc_t><<<static_cast<unsigned>(n_inst), kThreads, 0, stream>>>(
           grad_canvas.const_data_ptr<scalar_t>(), winner.const_data_ptr<int64_t>(), masks.const_data_ptr<scalar_t>(),
           scores.const_data_ptr<scalar_t>(), classes.const_data_ptr<int64_t>(), boxes.const_data_ptr<float>(),
-          static_cast<float>(box_scale), masks.size(1), masks.size(2), winner.size(0), winner.size(1),
+          static_cast<float>(box_scale), overlap, masks.size(1), masks.size(2), winner.size(0), winner.size(1),
           winner.size(2), grad_masks.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(),
           grad_scores.mutable_data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
