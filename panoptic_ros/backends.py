@@ -11,7 +11,9 @@ The ``backend`` setting of ``Predictor.from_weights`` (and of the node, ``predic
   per network input size, on CUDA, in the model's precision (fp16 or fp32). TensorRT cannot be installed on this
   project's machines (PyPI's ``tensorrt`` is a stub), so only its clear error is tested here.
 - ``auto``: a documented rule, not a probe: on the CPU, ``onnxruntime`` for fp32 when ONNX Runtime imports; on
-  CUDA, ``tensorrt`` when torch-tensorrt imports; else ``eager``.
+  CUDA, ``tensorrt`` when torch-tensorrt imports; else ``eager``. A network that does not export
+  (``exportable=False``: the accuracy mode's detector, whose RPN, NMS and RoI heads have data-dependent shapes)
+  always runs ``eager``; ``auto`` picks that, ``onnxruntime`` and ``tensorrt`` are refused with the reason.
 
 Artefacts are an explicit step (``python -m panoptic_ros.export``) and live in a cache directory next to a key
 (JSON): the digest of the weights, the backend and its version, the input shape, the precision and the device. A
@@ -60,10 +62,17 @@ def tensorrt_available() -> bool:
     return importlib.util.find_spec("torch_tensorrt") is not None
 
 
-def resolve_backend(backend: str, device: torch.device, precision: str) -> str:
-    """The backend ``auto`` stands for on ``device`` at ``precision`` (module docstring); others are checked."""
+def resolve_backend(backend: str, device: torch.device, precision: str, exportable: bool = True) -> str:
+    """The backend ``auto`` stands for on ``device`` at ``precision`` (module docstring); others are checked.
+    ``exportable=False``: the network runs eager only."""
     if backend not in BACKENDS:
         raise BackendError(f"backend {backend!r} is not one of {BACKENDS}")
+    if not exportable:
+        if backend not in ("auto", "eager"):
+            raise BackendError(f"backend {backend!r} needs the network exported as one torch.export graph; the "
+                               f"accuracy mode's detector (RPN, NMS, RoI heads: data-dependent shapes) runs eager "
+                               f"only: use backend 'eager' or 'auto'")
+        return "eager"
     if backend == "auto":
         if device.type == "cpu":
             return "onnxruntime" if precision == "fp32" and onnxruntime_available() else "eager"
@@ -243,9 +252,9 @@ class Networks:
 
     def __init__(self, model: nn.Module, backend: str, device: torch.device, precision: str,
                  cache_dir: Path | None = None, build_missing: bool = True, weights: str = "",
-                 log: Callable[[str], None] = progress):
+                 log: Callable[[str], None] = progress, exportable: bool = True):
         self.model, self.device, self.precision = model, device, precision
-        self.backend = resolve_backend(backend, device, precision)
+        self.backend = resolve_backend(backend, device, precision, exportable)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.build_missing, self.weights, self.log = build_missing, weights, log
         self._digest: str | None = None

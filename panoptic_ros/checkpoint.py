@@ -1,5 +1,8 @@
-"""Shipped weights: a safetensors file (optionally fp16) whose metadata holds the model and post-processing
-config, so a file alone rebuilds its network. Training checkpoints (resumable) are separate torch files."""
+"""Shipped weights: a safetensors file (optionally fp16) whose metadata holds the model config (its
+``architecture`` names the family: ``panonet`` fast, ``panoptic_fpn`` accuracy) and the family's post-processing
+config, so a file alone rebuilds its network and its post-processor. Files without an architecture-specific
+post-processing class (every PanoNet file written before the accuracy mode) read as PanoNet's, as before.
+Training checkpoints (resumable) are separate torch files."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import ConfigError, ExperimentConfig, ModelConfig, PostprocessConfig, _coerce
+from .config import (ConfigError, DetectionPostprocessConfig, ExperimentConfig, ModelConfig, PanopticFPNConfig,
+                     PostprocessConfig, model_config_from_dict, postprocess_config_from_dict)
 from .models import build_model
 
 FORMAT = "panoptic_ros.weights.v1"
@@ -28,8 +32,8 @@ def save_weights(model: nn.Module, config: ExperimentConfig, path: str | Path, h
     return save_state(state, config.model, config.postprocess, {"dataset": config.data.dataset, **(info or {})}, path)
 
 
-def save_state(state: dict[str, torch.Tensor], model_cfg: ModelConfig, post_cfg: PostprocessConfig, info: dict,
-               path: str | Path) -> Path:
+def save_state(state: dict[str, torch.Tensor], model_cfg: ModelConfig | PanopticFPNConfig,
+               post_cfg: PostprocessConfig | DetectionPostprocessConfig, info: dict, path: str | Path) -> Path:
     """Write a state dict with its configs (``info["dataset"]`` names the class table)."""
     info = dict(info)
     metadata = {
@@ -46,7 +50,8 @@ def save_state(state: dict[str, torch.Tensor], model_cfg: ModelConfig, post_cfg:
     return path
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig, PostprocessConfig, dict]:
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig | PanopticFPNConfig,
+                                           PostprocessConfig | DetectionPostprocessConfig, dict]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
@@ -60,8 +65,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig
     if metadata.get("format") != FORMAT:
         raise WeightsError(f"{path}: expected metadata format {FORMAT!r}, found {metadata.get('format')!r}")
     try:
-        model_cfg = _coerce(ModelConfig, json.loads(metadata["model"]), "weights.model")
-        post_cfg = _coerce(PostprocessConfig, json.loads(metadata["postprocess"]), "weights.postprocess")
+        model_cfg = model_config_from_dict(json.loads(metadata["model"]), "weights.model")
+        post_cfg = postprocess_config_from_dict(json.loads(metadata["postprocess"]), model_cfg.architecture,
+                                                "weights.postprocess")
         model_cfg.validate("weights.model")
         post_cfg.validate("weights.postprocess")
     except (KeyError, json.JSONDecodeError, ConfigError) as error:
@@ -70,11 +76,12 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig
     return state, model_cfg, post_cfg, info
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, ModelConfig, PostprocessConfig, dict]:
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, ModelConfig | PanopticFPNConfig,
+                                                                            PostprocessConfig | DetectionPostprocessConfig, dict]:
     """Rebuild the network described by a weights file and load its parameters (strictly: every key and shape
-    must match, and every value must be finite)."""
+    must match, and every value must be finite). No backbone initialisation runs (``for_loading``)."""
     state, model_cfg, post_cfg, info = read_weights(path)
-    model = build_model(model_cfg.architecture, **model_cfg.kwargs())
+    model = build_model(model_cfg.architecture, **model_cfg.for_loading().kwargs())
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:

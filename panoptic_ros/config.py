@@ -17,6 +17,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
+    """PanoNet (``architecture: panonet``, the fast mode): ``models.PanoNet``'s keywords."""
+
     architecture: str = "panonet"
     num_classes: int = 11
     embedding_dim: int = 12
@@ -33,6 +35,87 @@ class ModelConfig:
 
     def kwargs(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "architecture"}
+
+    def for_loading(self) -> "ModelConfig":
+        """The config that rebuilds a saved network (nothing to drop for PanoNet)."""
+        return self
+
+
+# PanopticFPN's choices (models/panoptic_fpn.py checks its keywords against them; config stays free of torch).
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONE_NORMS = ("frozen_bn", "bn", "gn")
+SEMANTIC_FEATURES = ("fpn", "p2", "none")
+
+
+@dataclass
+class PanopticFPNConfig:
+    """Panoptic-FPN-IMP (``architecture: panoptic_fpn``, the accuracy mode): ``models.PanopticFPN``'s keywords,
+    with ``""`` for "no backbone weights" and -1 for torchvision's trainable-layers rule (YAML has no None).
+    ``backbone_norm`` is explicit: it decides the state dict's keys, so a weights file must name it."""
+
+    architecture: str = "panoptic_fpn"
+    num_classes: int = 11
+    thing_classes: tuple[int, ...] = (8, 9, 10)  # CamVid's car, pedestrian, bicyclist
+    backbone: str = "resnet50"
+    backbone_norm: str = "bn"
+    backbone_weights: str = ""  # "", "imagenet" (downloads once) or the path of a ResNet state dict
+    trainable_backbone_layers: int = -1
+    fpn_channels: int = 256
+    semantic_features: str = "fpn"  # fpn, p2, none (Fig. 3)
+    imp: bool = True
+    semantic_channels: int = 128
+    semantic_convs: int = 4
+    bootstrap_ratio: float = 0.10  # top-k% of each image's labelled pixels in the semantic loss (Table 9b)
+    semantic_loss_weight: float = 1.0
+    box_head_channels: int = 1024
+    mask_head_channels: int = 256
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+    box_batch_size_per_image: int = 512
+
+    def validate(self, where: str) -> None:
+        _require(self.num_classes >= 2, where, "num_classes", self.num_classes, "an integer >= 2")
+        things = list(self.thing_classes)
+        _require(bool(things) and things == sorted(set(things)) and things[0] >= 0 and things[-1] < self.num_classes,
+                 where, "thing_classes", self.thing_classes,
+                 f"distinct increasing class ids in [0, {self.num_classes}), at least one")
+        _require(self.backbone in BACKBONES, where, "backbone", self.backbone, f"one of {BACKBONES}")
+        _require(self.backbone_norm in BACKBONE_NORMS, where, "backbone_norm", self.backbone_norm,
+                 f"one of {BACKBONE_NORMS}")
+        _require(not (self.backbone_weights and self.backbone_norm == "gn"), where, "backbone_weights",
+                 self.backbone_weights, "'' with backbone_norm gn (ResNet weights hold BatchNorm statistics)")
+        _require(-1 <= self.trainable_backbone_layers <= 5, where, "trainable_backbone_layers",
+                 self.trainable_backbone_layers, "-1 (torchvision's rule) or an integer in [0, 5]")
+        _require(self.semantic_features in SEMANTIC_FEATURES, where, "semantic_features", self.semantic_features,
+                 f"one of {SEMANTIC_FEATURES}")
+        _require(self.imp or self.semantic_features != "none", where, "imp", self.imp,
+                 "true with semantic_features none (Mask R-CNN-IMP: the canvas is the semantic output)")
+        _require(0 < self.bootstrap_ratio <= 1, where, "bootstrap_ratio", self.bootstrap_ratio, "a share in (0, 1]")
+        _require(self.semantic_loss_weight >= 0, where, "semantic_loss_weight", self.semantic_loss_weight,
+                 "a number >= 0")
+        for key in ("fpn_channels", "semantic_channels", "box_head_channels", "mask_head_channels",
+                    "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
+                    "rpn_post_nms_top_n_test", "box_detections_per_img", "box_batch_size_per_image"):
+            _require(getattr(self, key) >= 1, where, key, getattr(self, key), "an integer >= 1")
+        _require(self.semantic_convs >= 0, where, "semantic_convs", self.semantic_convs, "an integer >= 0")
+        for key in ("box_score_thresh", "box_nms_thresh"):
+            _require(0 <= getattr(self, key) <= 1, where, key, getattr(self, key), "a number in [0, 1]")
+
+    def kwargs(self) -> dict:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "architecture"}
+        out["backbone_weights"] = self.backbone_weights or None
+        out["trainable_backbone_layers"] = None if self.trainable_backbone_layers < 0 else self.trainable_backbone_layers
+        return out
+
+    def for_loading(self) -> "PanopticFPNConfig":
+        """The config that rebuilds a saved network: its parameters come from the file, so no backbone
+        initialisation (no download, no path that may be gone)."""
+        return dataclasses.replace(self, backbone_weights="")
 
 
 @dataclass
@@ -78,6 +161,10 @@ class TrainConfig:
     bootstrap_min_kept: float = 0.0
     precision: str = "auto"  # fp32, bf16 (autocast), or auto: bf16 where the device computes it natively
     channels_last: bool = True
+    # panoptic_fpn only (IMP paper Sec. 3.3): "detector" trains Mask R-CNN alone (no semantic head, no IMP),
+    # "full" the whole model with IMP in the graph, started with --init from the detector run.
+    stage: str = "full"
+    grad_clip: float = 0.0  # > 0: clip the gradient norm (Mask R-CNN from scratch can spike early); 0 = off
 
     def validate(self, where: str) -> None:
         _require(self.epochs >= 1, where, "epochs", self.epochs, "an integer >= 1")
@@ -93,6 +180,8 @@ class TrainConfig:
         _require(0 <= self.bootstrap_min_kept <= 1, where, "bootstrap_min_kept", self.bootstrap_min_kept,
                  "a number in [0, 1]")
         _require(self.precision in ("auto", "fp32", "bf16"), where, "precision", self.precision, "auto, fp32 or bf16")
+        _require(self.stage in STAGES, where, "stage", self.stage, f"one of {STAGES}")
+        _require(self.grad_clip >= 0, where, "grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
 
 
 @dataclass
@@ -111,17 +200,86 @@ class PostprocessConfig:
     def bandwidth(self, class_id: int) -> float:
         return float(self.bandwidths.get(class_id, self.default_bandwidth))
 
+    def bandwidths_for(self, thing_ids) -> dict[int, float]:
+        """The bandwidth of each thing class (the node's ``bandwidths.<class>`` parameters)."""
+        return {c: self.bandwidth(c) for c in thing_ids}
+
+    def with_node_filters(self, bandwidths: dict[int, float], min_instance_pixels: int,
+                          stuff_min_area: int) -> "PostprocessConfig":
+        """These settings with the node's overrides (-1: keep this config's value)."""
+        return dataclasses.replace(
+            self, bandwidths={**self.bandwidths, **bandwidths},
+            min_instance_pixels=self.min_instance_pixels if min_instance_pixels < 0 else min_instance_pixels,
+            stuff_min_area=self.stuff_min_area if stuff_min_area < 0 else stuff_min_area)
+
+
+MERGES = ("panoptic_fpn", "fusion")
+
+
+@dataclass
+class DetectionPostprocessConfig:
+    """The accuracy mode's post-processing (``predictor.postprocess_panoptic_fpn``): detections scoring at least
+    ``score_threshold``, masks pasted and cut at ``mask_threshold``, merged by ``merge``: ``panoptic_fpn``
+    (``panoptic_merge.merge_panoptic_fpn``: by score, dropped above ``overlap_threshold`` of overlap) or
+    ``fusion`` (``panoptic_merge.fuse_panoptic``: the semantic map decides, leftovers of at least
+    ``min_new_area`` pixels become instances); stuff regions under ``stuff_min_area`` pixels become void."""
+
+    merge: str = "panoptic_fpn"
+    score_threshold: float = 0.5
+    overlap_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    stuff_min_area: int = 64
+    min_new_area: int = 20
+
+    def validate(self, where: str) -> None:
+        _require(self.merge in MERGES, where, "merge", self.merge, f"one of {MERGES}")
+        for key in ("score_threshold", "overlap_threshold", "mask_threshold"):
+            _require(0 <= getattr(self, key) <= 1, where, key, getattr(self, key), "a number in [0, 1]")
+        _require(self.stuff_min_area >= 0, where, "stuff_min_area", self.stuff_min_area, "an integer >= 0")
+        _require(self.min_new_area >= 1, where, "min_new_area", self.min_new_area, "an integer >= 1")
+
+    def bandwidths_for(self, thing_ids) -> dict[int, float]:
+        return {}  # no clustering, nothing to tune per class
+
+    def with_node_filters(self, bandwidths: dict[int, float], min_instance_pixels: int,
+                          stuff_min_area: int) -> "DetectionPostprocessConfig":
+        if bandwidths:
+            raise ConfigError(f"bandwidths.* = {bandwidths!r} is not allowed: the accuracy mode has no mean-shift "
+                              f"clustering (bandwidths are the fast mode's)")
+        _require(min_instance_pixels == -1, "filter", "min_instance_pixels", min_instance_pixels,
+                 "-1: the smallest cluster is the fast mode's setting; the accuracy mode has no clustering")
+        return dataclasses.replace(self, stuff_min_area=self.stuff_min_area if stuff_min_area < 0 else stuff_min_area)
+
+
+#: Per architecture (a model family): its model config and its post-processing config.
+MODEL_CONFIGS = {"panonet": ModelConfig, "panoptic_fpn": PanopticFPNConfig}
+POSTPROCESS_CONFIGS = {"panonet": PostprocessConfig, "panoptic_fpn": DetectionPostprocessConfig}
+
 
 @dataclass
 class ExperimentConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    """An experiment; ``model`` and ``postprocess`` are the classes of ``model.architecture``'s family
+    (``MODEL_CONFIGS``, ``POSTPROCESS_CONFIGS``)."""
+
+    model: ModelConfig | PanopticFPNConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    postprocess: PostprocessConfig | DetectionPostprocessConfig = field(default_factory=PostprocessConfig)
 
     def validate(self) -> "ExperimentConfig":
         for name in ("model", "data", "train", "postprocess"):
             getattr(self, name).validate(name)
+        architecture = self.model.architecture
+        _require(isinstance(self.postprocess, POSTPROCESS_CONFIGS[architecture]), "postprocess", "type",
+                 type(self.postprocess).__name__, f"{POSTPROCESS_CONFIGS[architecture].__name__} for {architecture}")
+        if architecture == "panonet":
+            _require(self.train.stage == "full", "train", "stage", self.train.stage,
+                     "full for panonet (its stages are train.semantic_only and --init)")
+        else:
+            _require(min(self.data.crop) >= 64, "data", "crop", self.data.crop,
+                     "[height, width], each >= 64 for panoptic_fpn (2 x 2 cells of P5)")
+            _require(not self.train.semantic_only, "train", "semantic_only", self.train.semantic_only,
+                     "false for panoptic_fpn (use train.stage)")
         return self
 
     def to_dict(self) -> dict:
@@ -129,6 +287,7 @@ class ExperimentConfig:
 
 
 OPTIMIZERS = ("adadelta", "adam", "adamw", "sgd")
+STAGES = ("detector", "full")
 
 
 def _require(ok: bool, where: str, key: str, value, allowed: str) -> None:
@@ -182,5 +341,27 @@ def load_config(path: str | Path) -> ExperimentConfig:
     return config_from_dict(data, str(path))
 
 
+def model_config_from_dict(data: dict, where: str = "model") -> ModelConfig | PanopticFPNConfig:
+    """The model config of ``data["architecture"]`` (default panonet), e.g. from a weights file's metadata."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    architecture = data.get("architecture", "panonet")
+    _require(architecture in MODEL_CONFIGS, where, "architecture", architecture, f"one of {sorted(MODEL_CONFIGS)}")
+    return _coerce(MODEL_CONFIGS[architecture], data, where)
+
+
+def postprocess_config_from_dict(data: dict, architecture: str, where: str = "postprocess"):
+    """The post-processing config of ``architecture``'s family."""
+    return _coerce(POSTPROCESS_CONFIGS[architecture], data, where)
+
+
 def config_from_dict(data: dict, where: str = "config") -> ExperimentConfig:
-    return _coerce(ExperimentConfig, data, where).validate()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    data = dict(data)
+    model = model_config_from_dict(data.pop("model", None) or {}, f"{where}.model")
+    postprocess = postprocess_config_from_dict(data.pop("postprocess", None) or {}, model.architecture,
+                                               f"{where}.postprocess")
+    config = _coerce(ExperimentConfig, data, where)
+    config.model, config.postprocess = model, postprocess
+    return config.validate()

@@ -120,7 +120,10 @@ def evaluate(predictor: Predictor, dataset, limit: int | None = None, accumulato
 
 def search_bandwidths(predictor: Predictor, dataset, candidates=DEFAULT_CANDIDATES, limit: int | None = None) -> dict:
     """PQ of each thing class for each candidate bandwidth; the network runs once per image and its outputs are
-    re-clustered per candidate. Class-wise clustering makes a class's PQ depend on its own bandwidth only."""
+    re-clustered per candidate. Class-wise clustering makes a class's PQ depend on its own bandwidth only. Fast
+    mode only: the accuracy mode has no clustering (``ValueError``)."""
+    if not predictor.bandwidths:
+        raise ValueError(f"{predictor.name} is a {predictor.mode}-mode model: it has no mean-shift bandwidths to search")
     cached = [(predictor.run_network(rgb), gt) for rgb, _, gt in
               tqdm(samples(dataset, limit), total=min(len(dataset), limit or len(dataset)), desc="network")]
     things = dataset.table.thing_ids
@@ -128,7 +131,8 @@ def search_bandwidths(predictor: Predictor, dataset, candidates=DEFAULT_CANDIDAT
     for bandwidth in tqdm(candidates, desc="bandwidths"):
         metric = PanopticQuality(dataset.table)
         for raw, gt in cached:
-            metric.update(predictor.postprocess_output(raw, {c: bandwidth for c in things}).panoptic.numpy(), gt)
+            candidate = dataclasses.replace(predictor.postprocess, bandwidths={c: bandwidth for c in things})
+            metric.update(predictor.postprocess_output(raw, candidate).panoptic.numpy(), gt)
         per_class = metric.compute()["per_class"]
         for c in things:
             table[c][bandwidth] = per_class[dataset.table[c].name]["pq"]
@@ -290,7 +294,10 @@ def main() -> None:
         write_report(report, title, opts.out, accumulator.latency_ms)
         print(markdown(report, title))
         return
-    found = search_bandwidths(predictor, dataset, tuple(opts.candidates), opts.limit)
+    try:
+        found = search_bandwidths(predictor, dataset, tuple(opts.candidates), opts.limit)
+    except ValueError as error:
+        raise SystemExit(f"bandwidths: {error}") from None
     print(json.dumps(found, indent=2))
     if opts.write:
         state, model_cfg, post_cfg, info = read_weights(opts.weights)

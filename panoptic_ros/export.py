@@ -40,6 +40,8 @@ def main(argv=None) -> None:
     try:
         predictor = Predictor.from_weights(opts.weights, device=opts.device, precision=opts.precision,
                                            backend=opts.backend, cache_dir=opts.cache_dir)
+        if predictor.backend == "eager":  # auto with a network that runs eager only (the accuracy mode)
+            raise BackendError(f"backend {opts.backend!r} resolves to eager for {opts.weights}: nothing to export")
         least = predictor.model.min_input_size
         for width, height in opts.resolution:
             if min(width, height) < least:

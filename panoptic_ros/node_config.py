@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from .classes import TABLES, ClassTable
-from .config import ConfigError, PostprocessConfig, _coerce, _require
+from .config import ConfigError, DetectionPostprocessConfig, PostprocessConfig, _coerce, _require
 from .backends import BACKENDS
 from .predictor import PRECISIONS
 
@@ -67,7 +67,7 @@ class OutputConfig:
 class FilterConfig:
     score_threshold: float = 0.0  # thing segments scoring below become void
     min_area: int = 0  # thing segments with fewer pixels become void
-    min_instance_pixels: int = -1  # clustering: smallest cluster kept, at 1/4 resolution; -1 = from the weights
+    min_instance_pixels: int = -1  # fast mode's clustering: smallest cluster, at 1/4 resolution; -1 = from the weights
     stuff_min_area: int = -1  # smaller stuff regions become void; -1 = from the weights
 
     def validate(self, where: str) -> None:
@@ -101,8 +101,8 @@ class DiagnosticsConfig:
 
 @dataclass
 class NodeConfig:
-    mode: str = "fast"  # fast: PanoNet; accuracy: Panoptic-FPN-IMP
-    weights: str = ""  # "" = the shipped checkpoint of the mode
+    mode: str = "fast"  # fast: PanoNet; accuracy: Panoptic-FPN-IMP; must be the mode of the weights' family
+    weights: str = ""  # "" = the shipped checkpoint of the mode (the accuracy mode has none yet)
     class_table: str = ""  # "" = the one the weights name; camvid / cityscapes to override (class count must match)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     precision: str = "fp32"  # fp32, fp16, bf16 (network only)
@@ -140,19 +140,17 @@ class NodeConfig:
             return self.max_network_width / width
         return self.input_scale
 
-    def postprocess(self, weights: PostprocessConfig, table: ClassTable) -> PostprocessConfig:
-        """The weights' post-processing with this node's overrides; unknown or stuff bandwidth names are an error."""
+    def postprocess(self, weights: PostprocessConfig | DetectionPostprocessConfig,
+                    table: ClassTable) -> PostprocessConfig | DetectionPostprocessConfig:
+        """The weights' post-processing (either family's) with this node's overrides; unknown or stuff bandwidth
+        names are an error, and so are the fast mode's clustering settings on accuracy-mode weights."""
         things = {table[c].name: c for c in table.thing_ids}
         unknown = sorted(set(self.bandwidths) - set(things))
         if unknown:
             raise ConfigError(f"bandwidths.{unknown[0]} is not a thing class of the {table.name!r} table: "
                               f"expected one of {sorted(things)}")
-        return dataclasses.replace(
-            weights,
-            bandwidths={**weights.bandwidths, **{things[name]: value for name, value in self.bandwidths.items()}},
-            min_instance_pixels=weights.min_instance_pixels if self.filter.min_instance_pixels < 0
-            else self.filter.min_instance_pixels,
-            stuff_min_area=weights.stuff_min_area if self.filter.stuff_min_area < 0 else self.filter.stuff_min_area)
+        return weights.with_node_filters({things[name]: value for name, value in self.bandwidths.items()},
+                                         self.filter.min_instance_pixels, self.filter.stuff_min_area)
 
 
 # Changes that take effect on the next frame; everything else needs deactivate, cleanup, configure.

@@ -9,7 +9,10 @@ int16 segment map).
   foreground and background, instance pixels are kept only where they agree with it, breadth-first region growing
   fills the uncovered foreground, isolated leftovers become new instances.
 
-Both are pure functions over tensors (any device for the tensor work; connected components run in OpenCV on the
+``merge_detections`` takes a detector's raw output (boxes and 28 x 28 box-relative masks) to the image: it pastes
+the masks as Mask R-CNN does and calls one of the two.
+
+All are pure functions over tensors (any device for the tensor work; connected components run in OpenCV on the
 CPU) and loop over instances, never over pixels.
 """
 
@@ -24,7 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+
 from .classes import ClassTable
+from .config import MERGES
 from .postprocess import PanopticResult, merge_panoptic
 
 
@@ -156,6 +162,42 @@ def fuse_panoptic(semantic: Tensor, masks: Tensor, scores: Tensor, classes: Tens
     return _result(fused, ids, classes, scores, table, stuff_min_area)
 
 
+def merge_detections(semantic: Tensor, boxes: Tensor, masks: Tensor, scores: Tensor, classes: Tensor,
+                     table: ClassTable, *, merge: str = "panoptic_fpn", box_scale: tuple[float, float] = (1.0, 1.0),
+                     score_threshold: float = 0.5, mask_threshold: float = 0.5, overlap_threshold: float = 0.5,
+                     stuff_min_area: int = 64, min_new_area: int = 20, chunk: int = 16) -> MergedPanoptic:
+    """A detector's raw detections merged with a semantic map at the image's resolution.
+
+    Detections scoring at least ``score_threshold`` have their boxes scaled by ``box_scale`` (x, y: network input
+    to image pixels) and their box-relative masks pasted into the image with torchvision's
+    ``paste_masks_in_image`` (Mask R-CNN's pasting: the mask resized bilinearly to its box, one cell of padding),
+    cut at ``mask_threshold``; then ``merge_panoptic_fpn`` (``merge="panoptic_fpn"``) or ``fuse_panoptic``
+    (``merge="fusion"``). Masks are pasted ``chunk`` at a time, so a float [N, H, W] never exists at once.
+
+    Args:
+        semantic: [H, W] integer class ids at the image's resolution.
+        boxes: [N, 4] float (x1, y1, x2, y2); masks: [N, S, S] float probabilities of each box's cells;
+        scores: [N]; classes: [N] dataset thing class ids.
+    """
+    if merge not in MERGES:
+        raise ValueError(f"merge {merge!r} is not allowed: expected one of {MERGES}")
+    keep = scores >= score_threshold
+    boxes, masks, scores, classes = boxes[keep], masks[keep], scores[keep], classes[keep]
+    sx, sy = box_scale
+    boxes = boxes * boxes.new_tensor([sx, sy, sx, sy])
+    size = tuple(semantic.shape)
+    binary = torch.zeros((len(boxes), *size), dtype=torch.bool, device=semantic.device)
+    for start in range(0, len(boxes), chunk):
+        pasted = paste_masks_in_image(masks[start:start + chunk, None].float(), boxes[start:start + chunk], size,
+                                      padding=1)
+        binary[start:start + chunk] = pasted[:, 0].to(semantic.device) > mask_threshold
+    if merge == "panoptic_fpn":
+        return merge_panoptic_fpn(semantic, binary, scores, classes, table, score_threshold=score_threshold,
+                                  overlap_threshold=overlap_threshold, stuff_min_area=stuff_min_area)
+    return fuse_panoptic(semantic, binary, scores, classes, table, score_threshold=score_threshold,
+                         min_new_area=min_new_area, stuff_min_area=stuff_min_area)
+
+
 def _grow(ids: Tensor, category: Tensor) -> Tensor:
     """Step 3 of ``fuse_panoptic``: [H, W] instance ids (-1 none) grown breadth-first into the pixels of
     ``category`` >= 0 without an instance, through 8-neighbours of the same category; in one step a pixel joins
@@ -215,4 +257,4 @@ def _result(semantic: Tensor, ids: Tensor, classes: Tensor, scores: Tensor, tabl
     return MergedPanoptic(semantic, ids, classes, scores, panoptic)
 
 
-__all__ = ["MergedPanoptic", "fuse_panoptic", "merge_panoptic_fpn"]
+__all__ = ["MERGES", "MergedPanoptic", "fuse_panoptic", "merge_detections", "merge_panoptic_fpn"]

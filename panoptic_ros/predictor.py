@@ -1,14 +1,20 @@
-"""The one inference path (STYLE 7): preprocess -> PanoNet -> class-wise mean-shift -> panoptic merge, no ROS.
+"""The one inference path (STYLE 7): preprocess -> network -> the post-processor of the network's family, no ROS.
 
-Used by the node, the bag evaluator, the benchmarks and the CLI, so all of them measure the same code.
+A model family (``FAMILIES``, keyed by architecture) is a mode and its post-processor: ``panonet`` (fast: class-wise
+mean-shift, then the panoptic merge) and ``panoptic_fpn`` (accuracy: Panoptic-FPN-IMP's semantic logits and
+detections, masks pasted, then Panoptic FPN's merge or the fusion scheme). Both produce the same ``Prediction``;
+the node, the bag evaluator, the benchmarks and the CLI call the Predictor and never look at the family, so all
+of them measure the same code in either mode.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -17,12 +23,16 @@ from torch import Tensor, nn
 
 from .checkpoint import load_model
 from .classes import TABLES, ClassTable
-from .config import PostprocessConfig
+from .config import DetectionPostprocessConfig, PostprocessConfig
 from .backends import Networks
+from .models import ARCHITECTURES
+from .panoptic_merge import merge_detections
 from .postprocess import VOID_ID, Segment, assign_thing_pixels, cluster_instances, coarse_cell_index, merge_panoptic
 from .transforms import normalize_image
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "panonet_camvid.safetensors"
+#: The weights each mode uses when none are named (the accuracy mode ships none yet: issue #9 item 7).
+SHIPPED_WEIGHTS = {"fast": DEFAULT_WEIGHTS}
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -44,13 +54,21 @@ class Prediction:
 
 @dataclass
 class NetworkOutput:
-    """Raw network output for one image: logits [K, h, w] and embedding [E, h, w] (float32, 1/4 of the network
-    input), the input image's size (H, W) and the timings so far."""
+    """Raw network output for one image: ``outputs``, the network's eval dict for this image (floating tensors in
+    float32, on the device): PanoNet ``semantic`` [K, h, w] and ``embedding`` [E, h, w]; PanopticFPN ``semantic``
+    [K, h, w] and ``detections`` (``boxes`` [n, 4] in network-input pixels, ``labels`` [n], ``scores`` [n],
+    ``masks`` [n, 28, 28]); h, w = 1/4 of the network input, rounded up. ``size`` is the input image's (H, W),
+    ``network_size`` the network input's (after ``scale``), ``timings`` the stages so far."""
 
-    logits: Tensor
-    embedding: Tensor
+    outputs: dict[str, Any]
     size: tuple[int, int]
+    network_size: tuple[int, int]
     timings: dict[str, float]
+
+    @property
+    def logits(self) -> Tensor:
+        """The semantic logits [K, h, w] (every family has them)."""
+        return self.outputs["semantic"]
 
 
 def class_dtype(classes: int) -> torch.dtype:
@@ -126,17 +144,128 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def first_image(outputs):
+    """Image 0 of a batch's raw outputs: a tensor [B, ...] -> [...] (float32 when floating), a list -> its first
+    item, a dict -> the same for each value (a detection dict's tensors are already one image's: kept whole)."""
+    if isinstance(outputs, dict):
+        return {k: first_image(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return {k: v.float() if v.is_floating_point() else v for k, v in outputs[0].items()}
+    return outputs[0].float() if outputs.is_floating_point() else outputs[0]
+
+
+def lap(timings: dict, stage: str, start: float, device: torch.device) -> float:
+    """Record the milliseconds since ``start`` as ``stage`` (after the device's queued work) and return now."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    now = time.perf_counter()
+    timings[stage] = (now - start) * 1e3
+    return now
+
+
+def postprocess_panonet(raw: NetworkOutput, table: ClassTable, config: PostprocessConfig) -> Prediction:
+    """The fast mode's post-processor: class-wise mean-shift (PanoNet Sec. III-D) at the network's 1/4 resolution,
+    then semantic labels and the panoptic merge at the input resolution, every thing pixel in an instance of its
+    class (``assign_thing_pixels``). Stages ``clustering`` and ``merge``."""
+    logits, embedding = raw.outputs["semantic"], raw.outputs["embedding"]
+    timings = dict(raw.timings)
+    clock = time.perf_counter()
+    height, width = raw.size
+    probs = logits.softmax(0)
+    confidence, coarse_semantic = probs.max(0)
+    inst = cluster_instances(embedding, coarse_semantic, config.bandwidths_for(table.thing_ids),
+                             config.min_instance_pixels)
+    scores = instance_scores(inst.ids, confidence, len(inst.classes))
+    clock = lap(timings, "clustering", clock, logits.device)
+
+    semantic = upsample_argmax(logits, (height, width))
+    h, w = inst.ids.shape
+    cell_pixels = height * width / (h * w)
+    ids, classes = assign_thing_pixels(semantic, inst.ids, inst.classes, table.thing_ids,
+                                       min_new_area=math.ceil(config.min_instance_pixels * cell_pixels))
+    if len(classes) > len(scores):  # new instances from uncovered thing pixels: their cells' mean confidence
+        cells = confidence[coarse_cell_index(height, h, ids.device)[:, None], coarse_cell_index(width, w, ids.device)]
+        new = torch.where(ids >= len(scores), ids - len(scores), -1)
+        scores = scores + instance_scores(new, cells, len(classes) - len(scores))
+    result = merge_panoptic(semantic, ids, classes, table, stuff_min_area=config.stuff_min_area,
+                            instance_scores=scores)
+    lap(timings, "merge", clock, logits.device)
+    return Prediction(semantic.cpu(), ids.cpu(), result.panoptic.cpu(), result.segments, result.segment_map.cpu(),
+                      timings)
+
+
+def postprocess_panoptic_fpn(raw: NetworkOutput, table: ClassTable, config: DetectionPostprocessConfig) -> Prediction:
+    """The accuracy mode's post-processor (Panoptic-FPN-IMP): the stride-4 semantic logits upsampled bilinearly to
+    the image (their argmax, ``upsample_argmax``; the logits' grid is cut where the network input ends), the
+    detections' 28 x 28 masks pasted into the image at ``config.mask_threshold`` and merged by ``config.merge``
+    (``panoptic_merge.merge_detections``: Panoptic FPN's merge or the fusion scheme). The semantic map returned
+    is the merged one: instance pixels take their instance's class, so it agrees with the segments. Stages
+    ``semantic`` and ``merge`` (pasting and merging)."""
+    logits, detections = raw.outputs["semantic"], raw.outputs["detections"]
+    timings = dict(raw.timings)
+    clock = time.perf_counter()
+    (height, width), (net_h, net_w) = raw.size, raw.network_size
+    _, h, w = logits.shape
+    stride_h, stride_w = 4 * height / net_h, 4 * width / net_w  # image pixels per logit cell
+    semantic = upsample_argmax(logits, (round(h * stride_h), round(w * stride_w)))[:height, :width]
+    clock = lap(timings, "semantic", clock, logits.device)
+    merged = merge_detections(
+        semantic, detections["boxes"], detections["masks"], detections["scores"], detections["labels"], table,
+        merge=config.merge, box_scale=(width / net_w, height / net_h), score_threshold=config.score_threshold,
+        mask_threshold=config.mask_threshold, overlap_threshold=config.overlap_threshold,
+        stuff_min_area=config.stuff_min_area, min_new_area=config.min_new_area)
+    ids, result = merged.instances, merged.panoptic
+    if len(merged.classes):  # instance pixels take their instance's class, as ~/panoptic says (fusion does already)
+        semantic = torch.where(ids >= 0, merged.classes[ids.clamp(min=0)], merged.semantic)
+    lap(timings, "merge", clock, logits.device)
+    return Prediction(semantic.to(class_dtype(len(table))).cpu(), ids.cpu(), result.panoptic.cpu(), result.segments,
+                      result.segment_map.cpu(), timings)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: the ``mode`` it serves, its post-processor (``NetworkOutput``, class table, its
+    post-processing config -> ``Prediction``), and whether its network exports to one ``torch.export`` graph
+    (what the ``onnxruntime`` and ``tensorrt`` backends need)."""
+
+    mode: str
+    postprocess: Callable[[NetworkOutput, ClassTable, Any], Prediction]
+    exportable: bool
+    cpu_precisions: tuple[str, ...] = tuple(PRECISIONS)
+
+
+#: Per architecture (``models.ARCHITECTURES``, a weights file's ``model.architecture``).
+FAMILIES = {
+    "panonet": Family("fast", postprocess_panonet, exportable=True),
+    # torchvision's RPN, NMS and RoI heads make data-dependent shapes: no single exported graph (eager only).
+    # torchvision's CPU NMS has no fp16 / bf16 kernel: fp32 on the CPU, any precision on CUDA.
+    "panoptic_fpn": Family("accuracy", postprocess_panoptic_fpn, exportable=False, cpu_precisions=("fp32",)),
+}
+
+
+def family_of(model: nn.Module) -> tuple[str, Family]:
+    """The architecture name and family of a network instance."""
+    for name, cls in ARCHITECTURES.items():
+        if isinstance(model, cls):
+            return name, FAMILIES[name]
+    raise ValueError(f"{type(model).__name__} is not one of the architectures {sorted(ARCHITECTURES)}")
+
+
 class Predictor:
-    """Panoptic segmentation of RGB images.
+    """Panoptic segmentation of RGB images, in the mode of the network's family (``FAMILIES``).
 
     Args:
-        model: a PanoNet (eval mode is set here).
+        model: a network of ``models.ARCHITECTURES`` (eval mode is set here): PanoNet (fast) or PanopticFPN
+            (accuracy).
         table: the class table the model was trained on.
-        postprocess: bandwidth per thing class, minimum instance size, minimum stuff area (Sec. III-D).
+        postprocess: the family's post-processing config: ``PostprocessConfig`` (bandwidth per thing class,
+            minimum instance size, minimum stuff area, Sec. III-D) or ``DetectionPostprocessConfig`` (merge and its
+            thresholds).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``fp32``, ``fp16`` or ``bf16`` for the network (clustering stays fp32).
         scale: the network sees the image resized by this factor (outputs are returned at the input size).
-        backend: where the network runs (``backends``): ``eager``, ``onnxruntime``, ``tensorrt`` or ``auto``.
+        backend: where the network runs (``backends``): ``eager``, ``onnxruntime``, ``tensorrt`` or ``auto``
+            (the accuracy family runs eager only: ``auto`` picks eager for it, the others raise ``BackendError``).
         cache_dir: the backend's artefacts (default ``backends.default_cache_dir()``).
         build_missing: build a missing or stale artefact (with a message) instead of raising ``BackendError``.
     """
@@ -148,6 +277,7 @@ class Predictor:
             raise ValueError(f"precision {precision!r} is not allowed: expected one of {sorted(PRECISIONS)}")
         if not 0.05 <= scale <= 4.0:
             raise ValueError(f"scale {scale!r} is not allowed: expected a number in [0.05, 4]")
+        self.architecture, self.family = family_of(model)
         self.device = resolve_device(device)
         self.dtype = PRECISIONS[precision]
         self.model = model.to(self.device, self.dtype).eval()
@@ -157,7 +287,17 @@ class Predictor:
         self.name = name
         self.precision = precision
         self._backend = (backend, cache_dir, build_missing, weights)
-        self.network = Networks(self.model, backend, self.device, precision, cache_dir, build_missing, weights)
+        self.network = self._networks()
+
+    def _networks(self) -> Networks:
+        backend, cache_dir, build_missing, weights = self._backend
+        return Networks(self.model, backend, self.device, self.precision, cache_dir, build_missing, weights,
+                        exportable=self.family.exportable)
+
+    @property
+    def mode(self) -> str:
+        """``fast`` or ``accuracy``: the mode of the network's family."""
+        return self.family.mode
 
     @property
     def backend(self) -> str:
@@ -166,8 +306,8 @@ class Predictor:
 
     @classmethod
     def from_weights(cls, path: str | Path = DEFAULT_WEIGHTS, **kwargs) -> "Predictor":
-        """Build from a weights file (the shipped CamVid model by default); raises ``WeightsError`` for a missing or
-        mismatched file."""
+        """Build from a weights file (the shipped CamVid PanoNet by default) of either family; raises
+        ``WeightsError`` for a missing or mismatched file."""
         model, model_cfg, post_cfg, info = load_model(path)
         table = TABLES[info.get("dataset") or "camvid"]
         if len(table) != model_cfg.num_classes:
@@ -176,7 +316,8 @@ class Predictor:
 
     @property
     def bandwidths(self) -> dict[int, float]:
-        return {c: self.postprocess.bandwidth(c) for c in self.table.thing_ids}
+        """Mean-shift bandwidth per thing class (fast mode); empty for a family without clustering."""
+        return self.postprocess.bandwidths_for(self.table.thing_ids)
 
     def __call__(self, rgb: np.ndarray, scale: float | None = None) -> Prediction:
         """rgb: uint8 [H, W, 3] image; ``scale`` overrides the configured one for this image."""
@@ -189,17 +330,25 @@ class Predictor:
         self.model.to(self.device)
         if self.device.type == "cpu" and torch.cuda.is_available():
             torch.cuda.empty_cache()
-        self.network = Networks(self.model, self._backend[0], self.device, self.precision, *self._backend[1:])
+        self._check_precision()
+        self.network = self._networks()
         return self
+
+    def _check_precision(self) -> None:
+        if self.device.type == "cpu" and self.precision not in self.family.cpu_precisions:
+            raise ValueError(f"precision {self.precision!r} on the CPU is not allowed for the {self.mode} mode's "
+                             f"{self.architecture}: expected one of {self.family.cpu_precisions} there (torchvision's "
+                             f"CPU NMS has no half-precision kernel); other precisions run on CUDA")
 
     @torch.inference_mode()
     def run_network(self, rgb: np.ndarray, scale: float | None = None) -> NetworkOutput:
-        """Preprocess and run the network; outputs stay at 1/4 of the network input."""
+        """Preprocess and run the network; outputs stay at the network's resolution (``NetworkOutput``)."""
+        self._check_precision()
         least = self.model.min_input_size
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < least:
             raise ValueError(f"expected a uint8 RGB image [H, W, 3] of at least {least} x {least} (the network's "
                              f"smallest input), got {rgb.dtype} {rgb.shape}")
-        timings = {}
+        timings: dict[str, float] = {}
         clock = time.perf_counter()
         height, width = rgb.shape[:2]
         scale = self.scale if scale is None else scale
@@ -207,48 +356,16 @@ class Predictor:
             size = (max(least, round(width * scale)), max(least, round(height * scale)))
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         images = normalize_image(rgb)[None].to(self.device, self.dtype)
-        clock = self._lap(timings, "preprocess", clock)
-        out = self.network(images)
-        logits, embedding = out["semantic"][0].float(), out["embedding"][0].float()
-        self._lap(timings, "model", clock)
-        return NetworkOutput(logits, embedding, (height, width), timings)
+        clock = lap(timings, "preprocess", clock, self.device)
+        outputs = first_image(self.network(images))
+        lap(timings, "model", clock, self.device)
+        return NetworkOutput(outputs, (height, width), tuple(images.shape[-2:]), timings)
 
     @torch.inference_mode()
-    def postprocess_output(self, raw: NetworkOutput, bandwidths: dict[int, float] | None = None) -> Prediction:
-        """Class-wise mean-shift (Sec. III-D) at the network's 1/4 resolution, then semantic labels and the panoptic
-        merge at the input resolution, every thing pixel in an instance of its class (``assign_thing_pixels``).
-        ``bandwidths`` overrides the configured ones (bandwidth search)."""
-        timings = dict(raw.timings)
-        clock = time.perf_counter()
-        height, width = raw.size
-        probs = raw.logits.softmax(0)
-        confidence, coarse_semantic = probs.max(0)
-        bandwidths = self.bandwidths if bandwidths is None else bandwidths
-        inst = cluster_instances(raw.embedding, coarse_semantic, bandwidths, self.postprocess.min_instance_pixels)
-        scores = instance_scores(inst.ids, confidence, len(inst.classes))
-        clock = self._lap(timings, "clustering", clock)
-
-        semantic = upsample_argmax(raw.logits, (height, width))
-        h, w = inst.ids.shape
-        cell_pixels = height * width / (h * w)
-        ids, classes = assign_thing_pixels(semantic, inst.ids, inst.classes, self.table.thing_ids,
-                                           min_new_area=math.ceil(self.postprocess.min_instance_pixels * cell_pixels))
-        if len(classes) > len(scores):  # new instances from uncovered thing pixels: their cells' mean confidence
-            cells = confidence[coarse_cell_index(height, h, ids.device)[:, None], coarse_cell_index(width, w, ids.device)]
-            new = torch.where(ids >= len(scores), ids - len(scores), -1)
-            scores = scores + instance_scores(new, cells, len(classes) - len(scores))
-        result = merge_panoptic(semantic, ids, classes, self.table,
-                                stuff_min_area=self.postprocess.stuff_min_area, instance_scores=scores)
-        self._lap(timings, "merge", clock)
-        return Prediction(semantic.cpu(), ids.cpu(), result.panoptic.cpu(), result.segments,
-                          result.segment_map.cpu(), timings)
-
-    def _lap(self, timings: dict, stage: str, start: float) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        timings[stage] = (now - start) * 1e3
-        return now
+    def postprocess_output(self, raw: NetworkOutput, postprocess=None) -> Prediction:
+        """The family's post-processor on ``raw``; ``postprocess`` overrides the configured settings (e.g. the
+        bandwidth search's candidates)."""
+        return self.family.postprocess(raw, self.table, self.postprocess if postprocess is None else postprocess)
 
 
 def filter_prediction(prediction: Prediction, score_threshold: float = 0.0, min_area: int = 0) -> Prediction:

@@ -57,3 +57,21 @@ def tiny_weights(tmp_path_factory):
     with torch.no_grad():
         model.semantic_decoder.head.bias[8] = 2.0
     return save_weights(model, cfg, tmp_path_factory.mktemp("weights") / "tiny.safetensors")
+
+
+#: A PanopticFPN small enough for any test (ResNet-18, narrow heads, few proposals), CamVid classes.
+TINY_FPN = {"architecture": "panoptic_fpn", "backbone": "resnet18", "fpn_channels": 32, "semantic_channels": 32,
+            "box_head_channels": 64, "mask_head_channels": 32, "rpn_pre_nms_top_n_train": 100,
+            "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 30,
+            "box_batch_size_per_image": 32, "box_score_thresh": 0.0, "box_detections_per_img": 20}
+
+
+@pytest.fixture(scope="session")
+def tiny_fpn_weights(tmp_path_factory):
+    """An untrained tiny PanopticFPN (accuracy mode) whose every detection reaches the merge (thresholds 0), so
+    the outputs hold thing segments."""
+    cfg = config_from_dict({"model": TINY_FPN, "postprocess": {"score_threshold": 0.0, "stuff_min_area": 0},
+                            "data": {"crop": [64, 96]}})
+    torch.manual_seed(0)
+    model = build_model("panoptic_fpn", **cfg.model.kwargs())
+    return save_weights(model, cfg, tmp_path_factory.mktemp("weights") / "tiny_fpn.safetensors")

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from panoptic_ros.classes import CAMVID, CITYSCAPES
-from panoptic_ros.config import ConfigError, PostprocessConfig
+from panoptic_ros.config import ConfigError, DetectionPostprocessConfig, PostprocessConfig
 from panoptic_ros.node_config import (
     NodeConfig,
     flatten,
@@ -105,3 +105,15 @@ def test_readme_documents_every_parameter():
     section = readme[readme.index("### Parameters"):readme.index("### Diagnostics")]
     missing = [name for name in flatten(NodeConfig()) if f"`{name}`" not in section]
     assert not missing, missing
+
+
+def test_accuracy_weights_take_stuff_min_area_and_refuse_the_fast_modes_clustering_settings():
+    config = node_config_from_parameters(params_file("accuracy.yaml"))
+    weights = DetectionPostprocessConfig(stuff_min_area=64)
+    assert config.postprocess(weights, CAMVID) == weights
+    changed = node_config_from_parameters({**params_file("accuracy.yaml"), "filter.stuff_min_area": 5})
+    assert changed.postprocess(weights, CAMVID).stuff_min_area == 5
+    with pytest.raises(ConfigError, match="the accuracy mode has no mean-shift clustering"):
+        node_config_from_parameters({"bandwidths.car": 1.0}).postprocess(weights, CAMVID)
+    with pytest.raises(ConfigError, match="filter.min_instance_pixels = 3 is not allowed"):
+        node_config_from_parameters({"filter.min_instance_pixels": 3}).postprocess(weights, CAMVID)

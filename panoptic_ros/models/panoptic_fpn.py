@@ -41,11 +41,8 @@ from torchvision.models.detection.roi_heads import maskrcnn_inference
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ..config import BACKBONE_NORMS, BACKBONES, SEMANTIC_FEATURES
 from ..ops import project_instance_masks
-
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
-BACKBONE_NORMS = ("frozen_bn", "bn", "gn")
-SEMANTIC_FEATURES = ("fpn", "p2", "none")
 
 #: The model names of Fig. 3 and Fig. 4 and the keyword arguments that build them.
 VARIANTS = {

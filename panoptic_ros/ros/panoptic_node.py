@@ -44,7 +44,7 @@ from panoptic_ros.config import ConfigError
 from panoptic_ros.images import ImageError, rgb_to_compressed
 from panoptic_ros.msg import PanopticSegmentation
 from panoptic_ros.node_config import NodeConfig, flatten, is_runtime_parameter, node_config_from_parameters
-from panoptic_ros.predictor import DEFAULT_WEIGHTS, Predictor, filter_prediction
+from panoptic_ros.predictor import SHIPPED_WEIGHTS, Predictor, filter_prediction
 from panoptic_ros.runtime import (ERROR, OK, CameraStats, ErrorThrottle, FrameSlots, SequenceGaps, Status,
                                   camera_status)
 from panoptic_ros.visualize import render_panoptic
@@ -207,13 +207,17 @@ class PanopticNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             config = self._read_config()
-            if config.mode != "fast":
-                raise ConfigError(f"mode {config.mode!r}: the accuracy model (Panoptic-FPN-IMP) is not available "
-                                  f"in this version; use mode 'fast'")
-            weights = Path(config.weights) if config.weights else DEFAULT_WEIGHTS
+            if not config.weights and config.mode not in SHIPPED_WEIGHTS:
+                raise ConfigError(f"mode {config.mode!r} has no shipped weights in this version: set 'weights' to a "
+                                  f"panoptic_fpn weights file (python -m panoptic_ros.train --config "
+                                  f"config/panoptic_fpn_camvid.yaml)")
+            weights = Path(config.weights) if config.weights else SHIPPED_WEIGHTS[config.mode]
             predictor = Predictor.from_weights(weights, device="cpu", precision=config.precision,
                                                backend=config.backend, cache_dir=config.backend_cache_dir or None,
                                                build_missing=config.backend_build_missing)
+            if predictor.mode != config.mode:
+                raise ConfigError(f"mode {config.mode!r}, but {weights} holds a {predictor.architecture} network "
+                                  f"(mode {predictor.mode!r}): set mode to {predictor.mode!r} or other weights")
             if config.class_table and config.class_table != predictor.table.name:
                 table = TABLES[config.class_table]
                 if len(table) != len(predictor.table):
