@@ -48,24 +48,13 @@ bench: setup-kilted
 	$(PY) -m benchmarks.soak
 	$(PY) -m benchmarks.mirror $(if $(wildcard ../shared/datasets/camvid),--root ../shared/datasets/camvid --split val)
 
-# Mutation testing of the core modules (not part of `make test` or CI; about an hour on 2 cores, see
-# benchmarks/results/mutation.md). mutmut (requirements-dev.txt, installed here) runs in a snapshot of the tree
-# (tracked and untracked files, the generated messages and op) in build/mutation/, so edits made meanwhile do not
-# mix into the run: it mutates a copy of the package in build/mutation/mutants/ and runs, per mutant, the tests of
-# setup.cfg's [mutmut] list that called the mutated function. Of the node only _publish (its output encoding) is
-# mutated. Starts from scratch each time; the last line is the score per module. MUTANTS='panoptic_ros.metrics.*'
-# narrows a run.
-MUTATION_DIR := build/mutation
-MUTANTS ?= panoptic_ros.metrics.* panoptic_ros.losses.* panoptic_ros.postprocess.* panoptic_ros.predictor.* \
-  panoptic_ros.images.* panoptic_ros.runtime.* panoptic_ros.bags.* panoptic_ros.ros.conversions.* \
-  panoptic_ros.ros.panoptic_node.xǁPanopticNodeǁ_publish__mutmut_*
+# Mutation testing of the core modules (not part of `make test` or CI): scripts/mutate.py runs mutmut
+# (requirements-dev.txt, installed here) module by module, each in a snapshot of the tree under build/mutation/
+# and against its own test files; prints killed / tested per module (benchmarks/results/mutation.md has the
+# measured scores and run times). MODULES='runtime images' runs some.
 mutate: setup-kilted
 	$(PY) -m pip install -q -r requirements-dev.txt -c requirements.txt
-	rm -rf $(MUTATION_DIR) && mkdir -p $(MUTATION_DIR)
-	{ git ls-files -co --exclude-standard; ls -d panoptic_ros/msg panoptic_ros/*.so panoptic_ros/ops/_C*.so; } \
-	  | tar --ignore-failed-read -cf - -T - | tar -C $(MUTATION_DIR) -xf -
-	cd $(MUTATION_DIR) && OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2 $(foreach m,$(MUTANTS),'$(m)')
-	cd $(MUTATION_DIR) && $(PY) scripts/mutation_score.py
+	OMP_NUM_THREADS=1 $(PY) scripts/mutate.py $(MODULES)
 
 # The ROS 2 workspace route, with the venv's ros-* wheels as underlay (in a real workspace, source
 # /opt/ros/<distro>/setup.bash instead). colcon builds from CMakeLists.txt; setup.py builds only the op there.
