@@ -4,6 +4,7 @@
     ros2 launch panoptic_ros panoptic.launch.py cameras:=front,rear params_file:=/path/to/my.yaml
     ros2 launch panoptic_ros panoptic.launch.py autostart:=false   # nav2's lifecycle_manager drives it
     ros2 launch panoptic_ros panoptic.launch.py fastdds_profile:=shm  # 2 MP frames over shared memory, this host only
+    ros2 launch panoptic_ros panoptic.launch.py mode:=accuracy weights:=/path/to/panoptic_fpn.safetensors
 
 Launch arguments left empty keep the value of the parameters file (config/<mode>.yaml by default). The helpers
 above generate_launch_description need no ROS install, so the tests check them directly.
@@ -14,7 +15,8 @@ import os
 ARGUMENTS = {  # name: (default, description)
     "mode": ("fast", "fast (PanoNet) or accuracy (Panoptic-FPN-IMP); selects config/<mode>.yaml"),
     "params_file": ("", "parameters YAML; empty: the package's config/<mode>.yaml"),
-    "weights": ("", "weights file; empty: the params file's (the shipped checkpoint)"),
+    "weights": ("", "weights file of the mode's family; empty: the params file's (the shipped checkpoint of the mode; "
+                    "the accuracy mode ships none yet)"),
     "device": ("", "auto, cpu, cuda or cuda:N; empty: the params file's"),
     "cameras": ("", "comma-separated camera namespaces, each read on <camera>/image; empty: one camera on 'image'"),
     "image": ("/camera/image_raw", "input topic of the single camera (remaps 'image'; camera_info is its sibling)"),
@@ -36,6 +38,11 @@ def node_parameters(values: dict) -> dict:
     if values["cameras"]:
         overrides["input.cameras"] = [c.strip() for c in values["cameras"].split(",") if c.strip()]
     return overrides
+
+
+def params_file(values: dict, share: str) -> str:
+    """``params_file`` if set, else the package's ``config/<mode>.yaml`` (``mode:=accuracy``: config/accuracy.yaml)."""
+    return values["params_file"] or os.path.join(share, "config", f"{values['mode']}.yaml")
 
 
 def remappings(values: dict) -> list:
@@ -74,9 +81,9 @@ def _setup(context):
 
     values = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
     share = get_package_share_directory("panoptic_ros")
-    params_file = values["params_file"] or os.path.join(share, "config", f"{values['mode']}.yaml")
     actions = [LifecycleNode(package="panoptic_ros", executable="panoptic_node", name="panoptic_node",
-                             namespace=values["namespace"], parameters=[params_file, node_parameters(values)],
+                             namespace=values["namespace"],
+                             parameters=[params_file(values, share), node_parameters(values)],
                              remappings=remappings(values), output="screen", emulate_tty=True,
                              additional_env=process_environment(values))]
     if values["rviz"].lower() in ("true", "1", "yes"):

@@ -117,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="RGB image (default: embedded sample)")
     parser.add_argument("--label", type=Path, default=DEFAULT_LABEL, help="CamVid label map of the image")
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="PanoNet weights (default: shipped)")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="weights of either mode (default: the shipped PanoNet)")
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder")
     opts = parser.parse_args()
     summary = run(opts.image, opts.label, opts.out, opts.weights)

@@ -145,9 +145,9 @@ class OutputBag:
     """The predictions as a bag for Foxglove: semantic mono8, instances 32SC1 (the label convention, so an output
     bag can serve as labels), PanopticSegmentation and an rgb8 overlay, with the input frame's stamp and log time."""
 
-    def __init__(self, path: Path, table: ClassTable, model: str, prefix: str = OUTPUT_PREFIX):
+    def __init__(self, path: Path, table: ClassTable, model: str, prefix: str = OUTPUT_PREFIX, mode: str = "fast"):
         self.bag = BagWriter(path)
-        self.table, self.model, self.prefix = table, model, prefix
+        self.table, self.model, self.prefix, self.mode = table, model, prefix, mode
 
     def write(self, frame: Frame, prediction: Prediction, truth: GroundTruth | None = None) -> None:
         stamp, frame_id, log_time = frame.stamp_ns, frame.frame_id, frame.log_time_ns
@@ -158,7 +158,7 @@ class OutputBag:
         self.bag.write_image(f"{self.prefix}/instances", stamp, prediction.instances.numpy().astype(np.int32), "32SC1",
                              frame_id, log_time)
         self.bag.write_panoptic(f"{self.prefix}/segmentation", stamp, panoptic, prediction.segments, self.table,
-                                frame_id, self.model, latency_ns=latency_ns, log_time_ns=log_time)
+                                frame_id, self.model, mode=self.mode, latency_ns=latency_ns, log_time_ns=log_time)
         overlay = render_panoptic(frame.rgb, prediction.semantic.numpy(), panoptic, self.table)
         self.bag.write_image(f"{self.prefix}/overlay", stamp, overlay, "rgb8", frame_id, log_time)
 
@@ -302,7 +302,7 @@ def evaluate_bag(bag: Path, predictor: Predictor, out: Path, topic: str = DEFAUL
         frames = reader.frames(topic, label_topics)
         outputs = []
         if output_bag is not None:
-            outputs.append(stack.enter_context(closing(OutputBag(output_bag, predictor.table, predictor.name))))
+            outputs.append(stack.enter_context(closing(OutputBag(output_bag, predictor.table, predictor.name, mode=predictor.mode))))
         if export_cityscapes:
             outputs.append(stack.enter_context(closing(CityscapesExport(out / "cityscapes", predictor.table, names))))
         evaluation = BagEvaluation(predictor, ground_truth, outputs)
@@ -319,7 +319,8 @@ def evaluate_bag(bag: Path, predictor: Predictor, out: Path, topic: str = DEFAUL
             stopped, failure = f"error: {type(error).__name__}: {error}", error
         report = evaluation.report(reader, stopped)
     report["run"] = {"bag": str(bag), "topic": topic, "ground truth": _describe_truth(gt, label_topics),
-                     "model": predictor.name, "weights": str(weights or "(in memory)"), "device": str(predictor.device),
+                     "model": predictor.name, "mode": predictor.mode, "weights": str(weights or "(in memory)"),
+                     "device": str(predictor.device),
                      "commit": describe_commit()}
     write_report(report, title(report), out, evaluation.accumulator.latency_ms)
     if failure is not None:

@@ -287,7 +287,8 @@ def main() -> None:
         accumulator = EvaluationAccumulator(dataset.table)
         report = {"weights": str(opts.weights), "dataset": opts.dataset, "split": opts.split,
                   **evaluate(predictor, dataset, opts.limit, accumulator),
-                  "run": {"model": predictor.name, "weights": str(opts.weights), "device": str(predictor.device),
+                  "run": {"model": predictor.name, "mode": predictor.mode, "weights": str(opts.weights),
+                          "device": str(predictor.device),
                           "backend": predictor.backend,
                           "commit": describe_commit(), "dataset": f"{opts.dataset} {opts.split} ({opts.root})"}}
         title = f"Evaluation: {predictor.name} on {opts.dataset} {opts.split}"

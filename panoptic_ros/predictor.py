@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_model
+from .checkpoint import load_model, read_weights
 from .classes import TABLES, ClassTable
 from .config import DetectionPostprocessConfig, PostprocessConfig
 from .backends import Networks
@@ -241,6 +241,11 @@ FAMILIES = {
     # torchvision's CPU NMS has no fp16 / bf16 kernel: fp32 on the CPU, any precision on CUDA.
     "panoptic_fpn": Family("accuracy", postprocess_panoptic_fpn, exportable=False, cpu_precisions=("fp32",)),
 }
+
+
+def mode_of_weights(path: str | Path) -> str:
+    """``fast`` or ``accuracy``: the mode of a weights file's family (raises ``WeightsError`` as ``load_model``)."""
+    return FAMILIES[read_weights(path)[1].architecture].mode
 
 
 def family_of(model: nn.Module) -> tuple[str, Family]:

@@ -108,3 +108,25 @@ def test_panoptic_fpn_config_rejects_bad_values_naming_key_value_and_what_is_all
         config_from_dict({"model": base, "data": {"crop": [32, 64]}})
     with pytest.raises(ConfigError, match="train.stage = 'detector' is not allowed: expected full for panonet"):
         config_from_dict({"train": {"stage": "detector"}})
+
+
+def test_tools_run_accuracy_weights_through_the_same_predictor(toy_camvid, tiny_fpn_weights, tmp_path):
+    from panoptic_ros import demo
+    from panoptic_ros.evaluate_bag import main as evaluate_bag
+    from panoptic_ros.make_bag import main as make_bag
+    from panoptic_ros.predictor import mode_of_weights
+
+    assert mode_of_weights(tiny_fpn_weights) == "accuracy" and mode_of_weights(DEFAULT_WEIGHTS) == "fast"
+    make_bag(["--dataset", "camvid", "--root", str(toy_camvid), "--split", "val", "--out", str(tmp_path / "toy.mcap")])
+    out = tmp_path / "eval"
+    assert evaluate_bag([str(tmp_path / "toy.mcap"), "--weights", str(tiny_fpn_weights), "--out", str(out),
+                         "--device", "cpu"]) == 0
+    report = __import__("json").loads((out / "report.json").read_text())
+    assert report["images"] == 4 and report["run"]["mode"] == "accuracy"
+    assert set(report["latency_ms"]) == {"preprocess", "model", "semantic", "merge", "total"}
+    image = np.zeros((64, 96, 3), np.uint8)
+    label = np.full((64, 96), 3, np.uint8)
+    (tmp_path / "demo").mkdir()
+    summary = demo.run_panoptic(image, label, tmp_path / "demo", tiny_fpn_weights)
+    assert set(summary["latency_ms"]) == {"preprocess", "model", "semantic", "merge"}
+    assert (tmp_path / "demo" / "panoptic_overlay.png").is_file()

@@ -82,3 +82,13 @@ def test_rviz_config_shows_the_input_and_the_nodes_overlay(panoptic):
 def test_config_and_launch_are_installed_by_cmake():
     cmake = (REPO / "CMakeLists.txt").read_text()
     assert "foreach(dir launch config)" in cmake and "panoptic_node:panoptic_ros.ros.panoptic_node" in cmake
+
+
+def test_mode_accuracy_picks_the_accuracy_params_file(panoptic):
+    """mode:=accuracy reads config/accuracy.yaml (a complete accuracy-mode parameter set); params_file wins."""
+    path = panoptic.params_file(defaults(panoptic, mode="accuracy"), str(REPO))
+    assert path == str(REPO / "config" / "accuracy.yaml")
+    params = yaml.safe_load(Path(path).read_text())["/**"]["ros__parameters"]
+    assert params["mode"] == "accuracy" and panoptic.node_parameters(defaults(panoptic, mode="accuracy"))["mode"] == "accuracy"
+    assert panoptic.params_file(defaults(panoptic, mode="accuracy", params_file="/my.yaml"), str(REPO)) == "/my.yaml"
+    assert panoptic.params_file(defaults(panoptic), str(REPO)).endswith("config/fast.yaml")

@@ -35,6 +35,7 @@ from panoptic_ros.evaluate_bag import DEFAULT_BAG, DEFAULT_LABEL_TOPICS, NoGroun
 from panoptic_ros.evaluation import EvaluationAccumulator, describe_commit, percentiles, write_report
 from panoptic_ros.images import image_to_array
 from panoptic_ros.make_bag import DEFAULT_TOPIC
+from panoptic_ros.predictor import mode_of_weights
 from panoptic_ros.msg import PanopticSegmentation
 from panoptic_ros.postprocess import Segment, ids_from_segment_map
 from panoptic_ros.predictor import Prediction
@@ -211,8 +212,10 @@ def main(argv=None) -> None:
     parser.add_argument("--evaluate", action="store_true", help="score the received results against the bag's labels")
     parser.add_argument("--label-topics", nargs="+", default=list(DEFAULT_LABEL_TOPICS))
     opts = parser.parse_args(argv)
-    summary = replay(opts.bag, opts.out, opts.topic, opts.rate, {"device": opts.device, "weights": opts.weights or '""'},
-                     opts.evaluate, opts.label_topics)
+    params = {"device": opts.device, "weights": opts.weights or '""'}
+    if opts.weights:  # the node's mode is the weights' (fast or accuracy)
+        params["mode"] = mode_of_weights(opts.weights)
+    summary = replay(opts.bag, opts.out, opts.topic, opts.rate, params, opts.evaluate, opts.label_topics)
     print(json.dumps(summary, indent=2))
     print(f"wrote {summary['received']} overlays and summary.json to {opts.out}/")
 
