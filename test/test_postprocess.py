@@ -315,3 +315,47 @@ def test_segment_map_and_ids_convert_both_ways_and_reject_what_does_not_fit():
         segment_map_from_ids(panoptic, [8000, 3, 9001])
     with pytest.raises(ValueError, match="only 2 segments"):
         ids_from_segment_map(segment_map, [3, 8000])
+
+
+def test_cluster_instances_keeps_clusters_of_exactly_min_pixels():
+    """Clusters of 8, 6 and 4 pixels: a minimum equal to a cluster's size keeps it. Kills ``bincount(labels) >
+    min_pixels`` and off-by-one renumbering (``cumsum(keep) - 1`` -> ``cumsum(keep)``)."""
+    embedding, semantic = toy_instances()
+    expected = torch.tensor([[0, 0, -1, 2, 1, 1]] * 3 + [[0, 0, -1, 2, -1, -1]])
+    for min_pixels, kept in ((4, [0, 1, 2]), (6, [0, 1]), (8, [0])):
+        result = cluster_instances(embedding, semantic, {8: 0.5, 9: 0.5}, min_pixels=min_pixels)
+        assert torch.equal(result.ids, torch.where(torch.isin(expected, torch.tensor(kept)), expected, -1))
+        assert result.classes.tolist() == [8, 8, 9][:len(kept)]
+
+
+def test_merge_keeps_stuff_of_exactly_stuff_min_area_and_one_pixel_stuff_by_default():
+    """The building (class 1) has 2 pixels: ``stuff_min_area=2`` keeps it, 3 voids it (above); a 1-pixel stuff
+    region survives the default. Kills ``area >= max(stuff_min_area, 1)`` -> ``>`` and ``max(..., 2)``."""
+    semantic, instances, classes = toy_panoptic()
+    kept = merge_panoptic(semantic, instances, classes, CAMVID, stuff_min_area=2)
+    assert kept.panoptic[2:, 1].tolist() == [1, 1] and 1 in [s.id for s in kept.segments]
+    semantic[3, 1] = 3  # the building is now one pixel
+    one = merge_panoptic(semantic, instances, classes, CAMVID)
+    assert one.panoptic[2, 1].item() == 1 and [s.area for s in one.segments if s.id == 1] == [1]
+    assert merge_panoptic(semantic, instances, classes, CAMVID, stuff_min_area=1).panoptic[2, 1].item() == 1
+
+
+def test_merge_class_id_ranges_at_the_edges():
+    """Semantic ids -1 and len(table) are void while 0 and len(table) - 1 are classes; instance classes -1 and
+    len(table) are rejected, an instance index of -2 too. Kills ``semantic >= 0`` -> ``> 0``, ``semantic < n_cls``
+    -> ``<=``, ``classes < 0`` -> ``< -1``, ``classes >= len(table)`` -> ``>`` and ``instances.min() < -1`` ->
+    ``< -2``."""
+    table = ClassTable("edge", (ClassInfo(0, "road", False, (0, 0, 0)), ClassInfo(1, "car", True, (1, 1, 1)),
+                                ClassInfo(2, "sky", False, (2, 2, 2))), 255)
+    semantic = torch.tensor([[-1, 0, 2, 3]])
+    result = merge_panoptic(semantic, torch.full_like(semantic, -1), [], table)
+    assert result.panoptic.tolist() == [[VOID_ID, 0, 2, VOID_ID]]
+    one = torch.tensor([[0]])
+    car_last = ClassTable("car last", table.classes[:2], 255)  # class -1 would index the car: a thing
+    with pytest.raises(ValueError, match="instance_classes must be thing class ids"):
+        merge_panoptic(one, one, [-1], car_last)
+    with pytest.raises(ValueError, match="instance_classes must be thing class ids"):
+        merge_panoptic(one, one, [3], table)
+    with pytest.raises(ValueError, match="instances must hold -1 or an index"):
+        merge_panoptic(one, one - 2, [1], table)
+    assert merge_panoptic(one, one, [1], table).panoptic.tolist() == [[1000]]

@@ -8,6 +8,7 @@ from panoptic_ros.checkpoint import WeightsError, save_weights
 from panoptic_ros.classes import CAMVID
 from panoptic_ros.config import config_from_dict
 from panoptic_ros.models import build_model
+from panoptic_ros.models.panonet import PanoNet
 from panoptic_ros.postprocess import INSTANCE_OFFSET, VOID_ID
 from panoptic_ros.postprocess import Segment
 from panoptic_ros.predictor import Prediction, Predictor, filter_prediction
@@ -141,3 +142,62 @@ def test_filter_prediction_voids_weak_or_small_things_only():
     assert [s.id for s in shifted.segments] == [3, 8001, 9000]
     assert shifted.segment_map.tolist() == [[1, 1, 0, 0], [1, 3, 0, 2]]
     assert filter_prediction(prediction) is prediction
+
+
+class Ramp(PanoNet):
+    """A stand-in network whose output depends only on its input size: at 1/4 of the input (floor), the road logit
+    (class 3) rises by 1 per coarse column from -2.3 at column 0, every other class is 0 (sky, class 0, wins ties)
+    or -100. Records the size and dtype it was given."""
+
+    min_input_size = 18
+
+    def __init__(self):
+        torch.nn.Module.__init__(self)  # a PanoNet (the fast family) in name only
+        self.weight = torch.nn.Parameter(torch.zeros(1))  # gives .to() a dtype to set
+        self.seen = []
+
+    def forward(self, images):
+        self.seen.append((tuple(images.shape[2:]), images.dtype))
+        h, w = images.shape[2] // 4, images.shape[3] // 4
+        logits = torch.full((1, 11, h, w), -100.0, dtype=images.dtype)
+        logits[:, 0] = 0.0
+        logits[:, 3] = torch.arange(w, dtype=images.dtype) - 2.3
+        return {"semantic": logits, "embedding": torch.zeros(1, 12, h, w, dtype=images.dtype)}
+
+
+def ramp_predictor(**kwargs):
+    cfg = config_from_dict({"postprocess": {"stuff_min_area": 0}})
+    return Predictor(Ramp(), CAMVID, cfg.postprocess, device="cpu", **kwargs)
+
+
+def test_scale_is_honoured_and_classes_are_upsampled_bilinearly_at_a_non_integer_ratio():
+    """Pixel-exact: a 90 x 130 image at scale 0.6 reaches the network as 54 x 78 (19 coarse columns), so the
+    ratio is 130 / 19 = 6.84. Bilinearly upsampled, the road logit at pixel column x is (x + 0.5) * 19 / 130 - 0.5
+    - 2.3 (above 0 from x = 19 on); nearest-neighbour upsampling would start the road where the nearest coarse
+    column is 3, at x = 21, and a scale of 1 (32 coarse columns) at x = 11. Kills ignoring ``self.scale``, a mode
+    other than bilinear and an off-by-one in the source coordinates (``bilinear_sources``)."""
+    predictor = ramp_predictor(scale=0.6)
+    result = predictor(image(90, 130))
+    assert predictor.model.seen == [((54, 78), torch.float32)]
+    expected = np.zeros((90, 130), np.uint8)
+    expected[:, 19:] = 3
+    np.testing.assert_array_equal(result.semantic.numpy(), expected)
+    assert [(s.id, s.area, s.bbox) for s in result.segments] == [(0, 90 * 19, (0, 0, 19, 90)),
+                                                                  (3, 90 * 111, (19, 0, 111, 90))]
+    full = ramp_predictor()(image(90, 130))  # scale 1: 32 coarse columns, road from (x + 0.5) > 2.8 * 130 / 32
+    assert (full.semantic[:, :11] == 0).all() and (full.semantic[:, 11:] == 3).all()
+    per_call = predictor(image(90, 130), scale=1.0)  # the call's scale overrides the configured one
+    assert torch.equal(per_call.semantic, full.semantic) and predictor.model.seen[-1][0] == (90, 130)
+
+
+def test_bf16_runs_the_network_in_bf16_and_post_processes_in_float32():
+    """The network gets bfloat16 input; its logits are read back as float32 (bfloat16 holds -2.3 as -2.296875, so
+    the road still starts at x = 19), and the result equals fp32's pixel for pixel. Kills dropping the precision
+    (the network would see float32) and dropping the ``.float()`` of the outputs (a bfloat16 argmax)."""
+    predictor = ramp_predictor(scale=0.6, precision="bf16")
+    result = predictor(image(90, 130))
+    assert predictor.model.seen == [((54, 78), torch.bfloat16)] and predictor.model.weight.dtype == torch.bfloat16
+    assert torch.equal(result.semantic, ramp_predictor(scale=0.6)(image(90, 130)).semantic)
+    outputs = predictor.run_network(image(90, 130)).outputs
+    assert outputs["semantic"].dtype == outputs["embedding"].dtype == torch.float32
+    assert outputs["semantic"].shape == (11, 13, 19)

@@ -143,7 +143,17 @@ def test_rate_meter_counts_events_exactly_at_the_horizon_and_the_time_since_star
         meter.tick(t)
     assert meter.rate(2.0) == 2.5  # the event at 0.0 is exactly 2 s old: still inside
     assert meter.rate(2.25) == 2.0  # now it is not
-    assert RateMeter(horizon=2.0).rate(meter._start) == 0.0
+    late = RateMeter(horizon=2.0)  # started at 10 s: kills ``now + _start``
+    late._start = 10.0
+    late.tick(10.0)
+    assert late.rate(10.0) == 0.0  # no time has passed yet (a zero span divides by nothing)
+    late.tick(10.5)
+    assert late.rate(10.5) == 4.0 and late.rate(11.0) == 2.0
+    default = RateMeter()  # a 5 s horizon: 6 of 11 events in the last 5 s
+    default._start = 0.0
+    for t in range(11):
+        default.tick(float(t))
+    assert default.rate(10.0) == 6 / 5
 
 
 def test_error_throttle_logs_again_exactly_one_period_later():
@@ -153,6 +163,9 @@ def test_error_throttle_logs_again_exactly_one_period_later():
     assert throttle.record("step", 6.0) is None
     assert throttle.record("step", 15.0) == " (1 more since the last report)"
     assert throttle.record("step", 25.0) == ""
+    default = ErrorThrottle()  # a 10 s period
+    assert default.record("step", 0.0) == "" and default.record("step", 9.9) is None
+    assert default.record("step", 10.0) == " (1 more since the last report)"
 
 
 def test_a_repeated_sequence_number_is_no_gap():
@@ -226,3 +239,53 @@ def test_no_output_rate_warning_without_input_and_one_below_1_hz():
     trickle.record_dropped()
     warn = camera_status("cam", trickle, Counter(), 2.0, min_rate_hz=0.25)
     assert warn.level == WARN and warn.message == "output rate 0.0 Hz below 0.25 Hz"
+
+
+def test_status_values_name_and_messages_in_every_level():
+    """The whole status, every key and counter, for OK, ERROR (exactly ``MIN_REJECTED_FOR_ERROR`` rejections) and
+    STALE: kills the mutants that rename or blank a key, the status name or a message, that set a counter instead
+    of adding to it, that compare ``recent["rejected"] > MIN_REJECTED_FOR_ERROR`` and that let the latency window
+    grow past ``window``."""
+    stats = CameraStats(window=3, started=0.0)
+    stats.input_rate._start = stats.output_rate._start = 0.0
+    for k, total in enumerate((1.0, 2.0, 30.0, 40.0, 50.0)):  # only the last three stay in the window
+        stats.record_input(k * 0.5)
+        stats.record_output(k * 0.5, {"total": total})
+    stats.record_input(2.5)
+    stats.record_dropped()
+    stats.record_lost(1)
+    stats.record_lost(2)
+    stats.record_input(2.5)
+    stats.record_rejected()
+    ok = camera_status("front", stats, Counter(step=1), 2.5)
+    assert (ok.level, ok.name, ok.message) == (OK, "front", "2.0 Hz, 1 dropped")
+    assert ok.values == {"input_rate_hz": "2.80", "output_rate_hz": "2.00", "received": "7", "processed": "5",
+                         "dropped": "1", "lost_in_transport": "3", "rejected": "1", "rejected.step": "1",
+                         "latency_ms.total.p50": "40.0", "latency_ms.total.p90": "48.0", "latency_ms.total.p99": "49.8"}
+    warn = camera_status("front", stats, Counter(), 2.5, expected_rate_hz=3, min_rate_hz=2.5)
+    assert (warn.level, warn.name) == (WARN, "front")
+    assert warn.message == "input rate 2.8 Hz below the expected 3 Hz; output rate 2.0 Hz below 2.5 Hz"
+    waiting = camera_status("rear", CameraStats(window=3, started=0.0), Counter(), 0.0)
+    assert (waiting.level, waiting.name, waiting.message) == (OK, "rear", "waiting for images")
+
+    stats.record_rejected()
+    stats.record_rejected()  # the window of 3 now holds exactly MIN_REJECTED_FOR_ERROR rejections
+    assert MIN_REJECTED_FOR_ERROR == 3
+    error = camera_status("front", stats, Counter(step=2, encoding=1), 2.5)
+    assert (error.level, error.name) == (ERROR, "front")
+    assert error.message == "every frame rejected: the last 3 (step 2, encoding 1)" and error.values["rejected"] == "3"
+
+    stale = camera_status("front", stats, Counter(), 10.0, stale_after=5.0)
+    assert (stale.level, stale.name, stale.message) == (STALE, "front", "no image for 7.5 s (since the last one)")
+    assert stale.values["received"] == "7"
+
+
+def test_default_bounds_are_off():
+    """``camera_status`` without bounds never warns, even when frames arrive and none is served (kills a default
+    ``min_rate_hz`` of 1.0)."""
+    stats = CameraStats(window=10, started=0.0)
+    stats.input_rate._start = stats.output_rate._start = 0.0
+    for k in range(10):
+        stats.record_input(k * 0.1)
+        stats.record_dropped()
+    assert camera_status("cam", stats, Counter(), 1.0).level == OK
