@@ -30,8 +30,8 @@ class-agnostic. Pixels then vote for centres (pixel + vector), and votes that me
 * **Decoding** (``decode_dcme``). The paper does not say how votes become instances (its 4.4 s per image decoding
   is not described; Sec. V). Chosen here: thing pixels (by the semantic map) vote at pixel + vector; votes are
   counted per grid cell (rounded, half to even) into a heat map smoothed by the 3 x 3 binomial kernel; centres
-  are the local maxima of the heat map within ``peak_radius`` cells (ties broken by cell index) holding at least
-  ``min_votes`` votes in that window; every voting pixel joins the centre nearest its vote (none if farther than
+  are the local maxima of the heat map within ``peak_radius`` cells (ties: the first cell of the window in
+  row-major order, which max pooling returns) holding at least ``min_votes`` votes in that window; every voting pixel joins the centre nearest its vote (none if farther than
   ``max_distance``). All of it is a few dense tensor operations; no loop over pixels or instances.
 * **Class**: the most frequent semantic class among an instance's pixels (ties: the smaller class id). Departure:
   the paper classifies instances with a grid classifier on the encoder output (Sec. III, Eq. 1-3), reading the
@@ -176,14 +176,19 @@ def decode_dcme(vectors: Tensor, semantic: Tensor, thing_ids: Sequence[int], *, 
 
     cell = torch.round(votes).long()
     inside = (cell[:, 0] >= 0) & (cell[:, 0] < w) & (cell[:, 1] >= 0) & (cell[:, 1] < h)
-    counts = torch.bincount(cell[inside, 1] * w + cell[inside, 0], minlength=h * w).view(1, 1, h, w).double()
-    binomial = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64, device=device)
-    heat = F.conv2d(counts, (binomial[:, None] * binomial[None, :])[None, None], padding=1)
-    heat = heat + torch.arange(h * w, device=device, dtype=torch.float64).view(1, 1, h, w) / (2 * h * w)
-    size = 2 * int(peak_radius) + 1
-    local_max = heat == F.max_pool2d(heat, size, stride=1, padding=int(peak_radius))
-    window_votes = F.conv2d(counts, counts.new_ones(1, 1, size, size), padding=int(peak_radius))
-    peaks = torch.nonzero((local_max & (window_votes >= min_votes))[0, 0])  # [K, 2] (row, col)
+    counts = torch.bincount(cell[inside, 1] * w + cell[inside, 0], minlength=h * w).view(h, w)
+    padded = F.pad(counts.float()[None, None], (1, 1, 1, 1))[0, 0]
+    rows = padded[:, :-2] + 2 * padded[:, 1:-1] + padded[:, 2:]
+    heat = rows[:-2] + 2 * rows[1:-1] + rows[2:]  # 3 x 3 binomial sum: whole numbers, exact in float32
+    r = int(peak_radius)
+    _, first_max = F.max_pool2d(heat[None, None], 2 * r + 1, stride=1, padding=r, return_indices=True)
+    own = torch.arange(h * w, device=device).view(h, w)
+    peaks = torch.nonzero((first_max[0, 0] == own) & (heat > 0))  # [K, 2] (row, col), ties: first in the window
+    integral = F.pad(counts.cumsum(0).cumsum(1), (1, 0, 1, 0))
+    y0, x0 = (peaks - r).clamp(min=0).unbind(1)
+    y1, x1 = (peaks[:, 0] + r + 1).clamp(max=h), (peaks[:, 1] + r + 1).clamp(max=w)
+    window_votes = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    peaks = peaks[window_votes >= min_votes]
     if len(peaks) == 0:
         return empty
     centres = peaks.flip(1).float()  # (x, y)
