@@ -246,13 +246,15 @@ def decode_bridging(regression: Tensor, probabilities: Tensor, thing_ids: Sequen
 
     # Each entry joins the first kept box of its group (NMS order) that overlaps it by more than the threshold.
     cluster = torch.empty(len(pixel), dtype=torch.int64, device=device)
-    step = max(1, _PAIRS // len(kept))
-    kept_boxes, kept_group = boxes[kept], group[kept]
-    for s in range(0, len(pixel), step):
-        iou = box_iou(kept_boxes, boxes[s:s + step])
-        iou = torch.where(kept_group[:, None] == group[None, s:s + step], iou, -1.0)
-        over = iou > iou_threshold
-        cluster[s:s + step] = torch.where(over.any(0), over.int().argmax(0), iou.argmax(0))  # fallback: rounding
+    kept_group = group[kept]
+    for g in torch.unique(kept_group).tolist():  # every group keeps its best box
+        members = torch.nonzero(group == g).flatten()
+        heads = torch.nonzero(kept_group == g).flatten()  # positions in ``kept``, in NMS order
+        step = max(1, _PAIRS // len(heads))
+        for s in range(0, len(members), step):
+            iou = box_iou(boxes[kept[heads]], boxes[members[s:s + step]])
+            over = iou > iou_threshold
+            cluster[members[s:s + step]] = heads[torch.where(over.any(0), over.int().argmax(0), iou.argmax(0))]
     cluster[kept] = torch.arange(len(kept), device=device)
     n_inst = len(kept)
     size = torch.bincount(cluster, minlength=n_inst)
@@ -285,21 +287,30 @@ def decode_bridging(regression: Tensor, probabilities: Tensor, thing_ids: Sequen
 def _region_nms(key: Tensor, cluster: Tensor, size: Tensor, score: Tensor, threshold: float, max_run: int) -> Tensor:
     """Greedy NMS on mask IoU among instances of one class (SDS): [E] entry key (pixel and class), [E] instance of
     each entry, [I] pixels and scores per instance -> [I] bool, survivors. Entries of one key (at most
-    ``max_run``, one per mask) give the intersections; the greedy pass loops over instances, not pixels."""
+    ``max_run``, one per mask) give the intersections, as sparse pairs; the greedy pass loops over the instances
+    that overlap another by more than ``threshold``, not over pixels."""
     n = len(size)
     order = torch.argsort(key, stable=True)
     key, cluster = key[order], cluster[order]
-    inter = torch.zeros(n * n, dtype=torch.int64, device=key.device)
+    pairs = []
     for d in range(1, max_run):
         same = key[d:] == key[:-d]
         a, b = cluster[:-d][same], cluster[d:][same]
-        inter += torch.bincount(a * n + b, minlength=n * n) + torch.bincount(b * n + a, minlength=n * n)
-    inter = inter.view(n, n).double()
-    iou = inter / (size[:, None] + size[None, :] - inter).double()
-    over = (iou > threshold).cpu().numpy()
+        pairs += [a * n + b, b * n + a]
     alive = np.ones(n, dtype=bool)
-    for i in torch.argsort(score, descending=True, stable=True).tolist():
+    if not pairs:
+        return torch.from_numpy(alive).to(key.device)
+    pair, inter = torch.unique(torch.cat(pairs), return_counts=True)
+    a, b = pair // n, pair % n
+    over = (a != b) & (inter > threshold * (size[a] + size[b] - inter))  # IoU > threshold
+    a, b = a[over], b[over]  # both directions of each overlapping pair, sorted by a
+    rank = torch.empty(n, dtype=torch.int64, device=key.device)
+    rank[torch.argsort(score, descending=True, stable=True)] = torch.arange(n, device=key.device)
+    starts = torch.searchsorted(a, torch.arange(n + 1, device=key.device)).cpu().numpy()
+    b = b.cpu().numpy()
+    involved = torch.unique(a)
+    for i in involved[torch.argsort(rank[involved])].tolist():  # the overlapping instances, best first
         if alive[i]:  # it suppresses the lower-scoring instances it overlaps
-            alive[over[i]] = False
+            alive[b[starts[i]:starts[i + 1]]] = False
             alive[i] = True
     return torch.from_numpy(alive).to(key.device)
