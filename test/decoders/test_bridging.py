@@ -133,16 +133,23 @@ def test_decoding_perfect_regressions_reproduces_the_instances(scene, same_insta
     assert result.ids.dtype == torch.int64
 
 
+def _row_of_cars(scores, centres, widths):
+    """A 1 x 3 grid of class-8 pixels with these car probabilities (the rest on class 0), each voting a box one
+    pixel high with this centre x and width: (regression [8, 1, 3], probabilities [10, 1, 3])."""
+    probs = torch.zeros(NUM_CLASSES, 1, 3)
+    probs[8] = torch.tensor(scores)
+    probs[0] = 1 - probs[8]
+    regression = torch.zeros(8, 1, 3)
+    regression[0] = torch.tensor(centres) - torch.arange(3.0)
+    regression[2], regression[3] = torch.tensor(widths), 1.0
+    return regression, probs
+
+
 def test_an_instance_is_a_kept_pixel_with_the_pixels_it_suppressed():
     # One row: three class-8 pixels with 10 x 1 boxes centred at x = 0, 3, 6: IoU(1, 2) = IoU(2, 3) = 7/13 > 0.5,
     # IoU(1, 3) = 4/16. Greedy NMS keeps pixel 1 (highest score), which suppresses pixel 2; pixel 3 survives,
     # since a suppressed box suppresses nothing. Linking all overlapping boxes would give one instance.
-    probs = torch.zeros(NUM_CLASSES, 1, 3)
-    probs[8] = torch.tensor([0.9, 0.8, 0.7])
-    probs[0] = 1 - probs[8]
-    regression = torch.zeros(8, 1, 3)
-    regression[0] = torch.tensor([0.0, 2.0, 4.0])  # centres 0, 3, 6
-    regression[2], regression[3] = 10.0, 1.0
+    regression, probs = _row_of_cars(scores=[0.9, 0.8, 0.7], centres=[0.0, 3.0, 6.0], widths=[10.0, 10.0, 10.0])
     result = decode_bridging(regression, probs, THINGS)
     assert result.ids.tolist() == [[0, 0, 1]]
     assert result.scores.tolist() == pytest.approx([0.85, 0.7])
@@ -152,13 +159,7 @@ def test_an_instance_is_a_kept_pixel_with_the_pixels_it_suppressed():
 def test_a_suppressed_pixel_joins_the_box_that_suppressed_it_not_the_one_it_overlaps_most():
     # Boxes [0, 10] (score 0.9), [5, 12] (0.8), [4, 11] (0.6), one row high: the first two overlap by 5/12 and
     # both survive; the third overlaps the first by 6/11 > 0.5 (so the first suppresses it) and the second by 6/8.
-    probs = torch.zeros(NUM_CLASSES, 1, 3)
-    probs[8] = torch.tensor([0.9, 0.8, 0.6])
-    probs[0] = 1 - probs[8]
-    regression = torch.zeros(8, 1, 3)
-    regression[0] = torch.tensor([5.0, 7.5, 5.5])  # centres 5, 8.5, 7.5
-    regression[2] = torch.tensor([10.0, 7.0, 7.0])
-    regression[3] = 1.0
+    regression, probs = _row_of_cars(scores=[0.9, 0.8, 0.6], centres=[5.0, 8.5, 7.5], widths=[10.0, 7.0, 7.0])
     result = decode_bridging(regression, probs, THINGS)
     assert result.ids.tolist() == [[1, 0, 1]]  # numbered by score: 0.8, then (0.9 + 0.6) / 2
     assert result.scores.tolist() == pytest.approx([0.8, 0.75])
