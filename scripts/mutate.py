@@ -44,10 +44,10 @@ MODULES = {
     "runtime": ("panoptic_ros/runtime.py", ["panoptic_ros.runtime.*"], ["test/test_runtime.py"], []),
     "bags": ("panoptic_ros/bags.py", ["panoptic_ros.bags.*"], ["test/test_bags.py"], []),
     "conversions": ("panoptic_ros/ros/conversions.py", ["panoptic_ros.ros.conversions.*"],
-                    ["test/ros/test_messages.py"], []),
+                    ["test/ros/test_messages.py", "test/ros/test_node_outputs.py"], []),
     # the node's output encoding; the ONNX Runtime test (40 s, it exports a network) adds nothing to it
     "node": ("panoptic_ros/ros/panoptic_node.py", ["panoptic_ros.ros.panoptic_node.xǁPanopticNodeǁ_publish__mutmut_*"],
-             ["test/ros/test_panoptic_node.py"],
+             ["test/ros/test_node_outputs.py", "test/ros/test_panoptic_node.py"],
              ["--deselect", "test/ros/test_panoptic_node.py::test_onnxruntime_backend_and_a_refused_missing_artefact"]),
 }
 KILLED = {1, 3, 24, -24, 152, 255, 36, 37}  # test failure or error, timeout (mutmut.stats.status_by_exit_code)

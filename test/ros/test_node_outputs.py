@@ -1,0 +1,105 @@
+"""The node's output encoding (``PanopticNode._publish``) on a hand-built prediction, pixel for pixel and to the
+nanosecond. No DDS: the publishers are recorders (the session's conftest still keeps any ROS traffic on loopback
+and in a domain of its own)."""
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from builtin_interfaces.msg import Time
+from std_msgs.msg import Header
+
+from panoptic_ros.classes import CAMVID
+from panoptic_ros.node_config import NodeConfig
+from panoptic_ros.postprocess import Segment
+from panoptic_ros.predictor import Prediction
+from panoptic_ros.ros import panoptic_node
+from panoptic_ros.ros.conversions import class_infos
+from panoptic_ros.ros.panoptic_node import Camera, PanopticNode
+from panoptic_ros.runtime import CameraStats
+
+
+class Recorder:
+    """A publisher with one subscriber that keeps (message, a copy of its pixel bytes) of each publish: the node
+    reuses its image messages from frame to frame."""
+
+    def __init__(self):
+        self.sent = []
+
+    def get_subscription_count(self):
+        return 1
+
+    def publish(self, msg):
+        self.sent.append((msg, bytes(getattr(msg, "data", b"")) if hasattr(msg, "height") else None))
+
+
+# sky (stuff), road (stuff), two cars and a pedestrian, as index + 1 into the segments sorted by id (0 void)
+SEGMENT_MAP = [[1, 1, 3, 3],
+               [2, 0, 3, 4],
+               [2, 2, 5, 5]]
+SEGMENTS = [Segment(0, 0, "sky", False, 1.0, 2, (0, 0, 2, 1)), Segment(3, 3, "road", False, 1.0, 3, (0, 1, 2, 2)),
+            Segment(8000, 8, "car", True, 0.75, 3, (2, 0, 2, 2)), Segment(8001, 8, "car", True, 0.5, 1, (3, 1, 1, 1)),
+            Segment(9000, 9, "pedestrian", True, 0.25, 2, (2, 2, 2, 1))]
+
+
+def publish(monkeypatch, received=0.5, now=7.75):
+    """Run ``_publish`` for the hand-built 3 x 4 frame with every output but the overlay subscribed, the clock at
+    ``now`` s and the frame received at ``received`` s; the recorders by output name."""
+    segment_map = torch.tensor(SEGMENT_MAP, dtype=torch.int16)
+    ids = torch.tensor([-1, 0, 3, 8000, 8001, 9000], dtype=torch.int32)[segment_map.long()]
+    semantic = torch.tensor([[0, 0, 8, 8], [3, 5, 8, 8], [3, 3, 9, 9]], dtype=torch.uint8)
+    instances = torch.tensor([[-1, -1, 0, 0], [-1, -1, 0, 1], [-1, -1, 2, 2]])
+    prediction = Prediction(semantic, instances, ids, SEGMENTS, segment_map)
+    camera = Camera("", CameraStats())
+    camera.publishers = {name: Recorder() for name in ("semantic", "panoptic", "panoptic_image", "instance")}
+    node = SimpleNamespace(_lock=threading.Lock(), _classes=class_infos(CAMVID),
+                           _predictor=SimpleNamespace(name="tiny", table=CAMVID), _paired_camera_info=lambda *a: None)
+    monkeypatch.setattr(panoptic_node, "time", SimpleNamespace(perf_counter=lambda: now))
+    header = Header(stamp=Time(sec=1_700_000_000, nanosec=999_999_999), frame_id="cam")
+    timings = {}
+    PanopticNode._publish(node, camera, header, np.zeros((3, 4, 3), np.uint8), prediction, received, NodeConfig(),
+                          timings)
+    assert set(timings) == {"publish.semantic", "publish.panoptic_image", "publish.panoptic", "publish.instance"}
+    return camera.publishers
+
+
+def pixels(sent, dtype):
+    msg, data = sent
+    return np.frombuffer(data, dtype).reshape(msg.height, msg.width)
+
+
+def test_instance_image_holds_the_thing_indices_and_zero_on_stuff_and_void(monkeypatch):
+    """~/instance by hand: the segment indices of the cars and the pedestrian (3, 4, 5), 0 on sky and road (1, 2:
+    the last stuff index is the boundary) and on void. Kills ``segment_map > stuff`` -> ``>=`` (road 2 kept),
+    a miscounted ``stuff`` and a publish of the segment image instead."""
+    outputs = publish(monkeypatch)
+    (instance,) = outputs["instance"].sent
+    assert instance[0].encoding == "16UC1" and not instance[0].is_bigendian and instance[0].step == 8
+    np.testing.assert_array_equal(pixels(instance, "<u2"), [[0, 0, 3, 3], [0, 0, 3, 4], [0, 0, 5, 5]])
+    (image,) = outputs["panoptic_image"].sent
+    np.testing.assert_array_equal(pixels(image, "<u2"), SEGMENT_MAP)
+    (semantic,) = outputs["semantic"].sent
+    assert semantic[0].encoding == "mono8"
+    np.testing.assert_array_equal(pixels(semantic, np.uint8), [[0, 0, 8, 8], [3, 5, 8, 8], [3, 3, 9, 9]])
+
+
+@pytest.mark.parametrize("received, now, latency", [(0.5, 7.75, (7, 250_000_000)), (1.0, 1.5, (0, 500_000_000)),
+                                                    (0.25, 3.25, (3, 0))])
+def test_panoptic_message_stamp_and_latency_to_the_nanosecond(monkeypatch, received, now, latency):
+    """Every output carries the input stamp unchanged (1_700_000_000 s + 999_999_999 ns), and ~/panoptic's latency
+    is receipt to publication split into whole seconds and nanoseconds. Kills mutants of ``latency_ns // 1e9`` /
+    ``% 1e9`` (e.g. 1_000_000_001) and of ``perf_counter() - received``."""
+    outputs = publish(monkeypatch, received, now)
+    for name, recorder in outputs.items():
+        (msg, _), = recorder.sent
+        assert (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id) == (1_700_000_000, 999_999_999,
+                                                                                         "cam"), name
+    (panoptic, _), = outputs["panoptic"].sent
+    assert (panoptic.latency.sec, panoptic.latency.nanosec) == latency
+    assert (panoptic.model, panoptic.mode, len(panoptic.classes)) == ("tiny", "fast", len(CAMVID))
+    assert [(s.id, s.class_id, s.class_name, s.is_thing, s.score, s.area,
+             (s.bbox.x_offset, s.bbox.y_offset, s.bbox.width, s.bbox.height)) for s in panoptic.segments] == [
+        (s.id, s.class_id, s.class_name, s.is_thing, s.score, s.area, s.bbox) for s in SEGMENTS]
+    np.testing.assert_array_equal(np.frombuffer(bytes(panoptic.panoptic.data), "<u2").reshape(3, 4), SEGMENT_MAP)
