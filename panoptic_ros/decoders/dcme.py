@@ -38,6 +38,8 @@ class-agnostic. Pixels then vote for centres (pixel + vector), and votes that me
   class of the grid block that holds the instance's CM. Here the semantic branch already labels every pixel.
   Pixels of an instance whose own class differs stay in it (the panoptic merge, ``postprocess.assign_thing_pixels``,
   then gives pixels of another thing class an instance of their own class).
+
+Decode time against PanoNet's mean shift: the ``panoptic_ros.decoders`` package docstring.
 """
 
 from __future__ import annotations
