@@ -241,6 +241,11 @@ def decode_bridging(regression: Tensor, probabilities: Tensor, thing_ids: Sequen
     cx, cy = (pixel % w).float() + dx, (pixel // w).float() + dy
     bw, bh = bw.clamp(min=1.0), bh.clamp(min=1.0)
     boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
+    finite = torch.isfinite(boxes).all(1)  # a non-finite regression votes no box: its pixel gets no instance
+    if not bool(finite.all()):
+        pixel, t, k, score, boxes = pixel[finite], t[finite], k[finite], score[finite], boxes[finite]
+        if len(pixel) == 0:
+            return empty
     group = t * top_n + k
     kept = batched_nms(boxes, score, group, iou_threshold)  # in decreasing score: NMS order
 

@@ -175,10 +175,13 @@ def decode_dcme(vectors: Tensor, semantic: Tensor, thing_ids: Sequence[int], *, 
     xs, ys = pixel_grid(h, w, device)
     field = vectors.detach().float().flatten(1)
     votes = torch.stack([xs.flatten()[pixel] + field[0, pixel], ys.flatten()[pixel] + field[1, pixel]], 1)
+    finite = torch.isfinite(votes).all(1)  # a non-finite vector votes nowhere: its pixel gets no instance
+    pixel, votes = pixel[finite], votes[finite]
 
-    cell = torch.round(votes).long()
-    inside = (cell[:, 0] >= 0) & (cell[:, 0] < w) & (cell[:, 1] >= 0) & (cell[:, 1] < h)
-    counts = torch.bincount(cell[inside, 1] * w + cell[inside, 0], minlength=h * w).view(h, w)
+    cell = torch.round(votes)
+    inside = (cell[:, 0] >= 0) & (cell[:, 0] <= w - 1) & (cell[:, 1] >= 0) & (cell[:, 1] <= h - 1)
+    cell = cell[inside].long()
+    counts = torch.bincount(cell[:, 1] * w + cell[:, 0], minlength=h * w).view(h, w)
     padded = F.pad(counts.float()[None, None], (1, 1, 1, 1))[0, 0]
     rows = padded[:, :-2] + 2 * padded[:, 1:-1] + padded[:, 2:]
     heat = rows[:-2] + 2 * rows[1:-1] + rows[2:]  # 3 x 3 binomial sum: whole numbers, exact in float32

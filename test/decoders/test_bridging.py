@@ -250,3 +250,15 @@ def test_head_shapes_and_backward():
     bridging_cascade_loss([regression, *guidance], ids, semantic, THINGS).backward()
     weight_grad = head.head.weight.grad.flatten(1).abs().sum(1)
     assert bool((weight_grad[4:] > 0).all()) and bool((weight_grad[:4] == 0).all())  # only class 9's channels
+
+
+def test_a_non_finite_regression_votes_no_box(scene, same_instances):
+    ids, semantic = scene
+    regression, probs = _perfect(ids, semantic)
+    regression[0, 2, 2], regression[7, 4, 12] = float("nan"), float("inf")
+    result = decode_bridging(regression, probs, THINGS)
+    expected = ids.clone()
+    expected[2, 2] = expected[4, 12] = -1
+    assert same_instances(result.ids, expected)
+    regression[:] = float("nan")
+    assert torch.equal(decode_bridging(regression, probs, THINGS).ids, torch.full(ids.shape, -1))

@@ -196,3 +196,14 @@ def test_head_shapes_and_backward():
     head.eval()
     vectors, guidance = head(encoder(images))
     assert guidance == []
+
+
+def test_a_non_finite_vector_votes_nowhere(scene, same_instances):
+    ids, semantic = scene
+    vectors = dcme_targets(ids[None])[0]
+    vectors[0, 2, 2], vectors[1, 8, 6] = float("nan"), float("inf")
+    result = decode_dcme(vectors, semantic, THINGS, min_votes=1, max_distance=None)
+    assert result.ids[2, 2].item() == -1 and result.ids[8, 6].item() == -1
+    expected = ids.clone()
+    expected[2, 2] = expected[8, 6] = -1
+    assert same_instances(result.ids, expected)
