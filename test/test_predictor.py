@@ -201,3 +201,20 @@ def test_bf16_runs_the_network_in_bf16_and_post_processes_in_float32():
     outputs = predictor.run_network(image(90, 130)).outputs
     assert outputs["semantic"].dtype == outputs["embedding"].dtype == torch.float32
     assert outputs["semantic"].shape == (11, 13, 19)
+
+
+def test_filter_prediction_keeps_things_exactly_at_the_thresholds():
+    """A car scoring exactly ``score_threshold`` and one of exactly ``min_area`` pixels stay; the semantic map and
+    the timings pass through. Kills ``s.score <= score_threshold``, ``s.area <= min_area`` and the mutants that
+    drop the semantic map or the timings of a filtered prediction."""
+    panoptic = torch.tensor([[3, 8000, 8000, 8001, 9000]], dtype=torch.int32)
+    segments = [Segment(3, 3, "road", False, 1.0, 1, (0, 0, 1, 1)), Segment(8000, 8, "car", True, 0.5, 2, (1, 0, 2, 1)),
+                Segment(8001, 8, "car", True, 0.9, 1, (3, 0, 1, 1)), Segment(9000, 9, "pedestrian", True, 0.4, 1, (4, 0, 1, 1))]
+    semantic = torch.tensor([[3, 8, 8, 8, 9]], dtype=torch.uint8)
+    prediction = Prediction(semantic, torch.tensor([[-1, 0, 0, 1, 2]]), panoptic, segments,
+                            torch.tensor([[1, 2, 2, 3, 4]], dtype=torch.int16), {"model": 1.5})
+    by_score = filter_prediction(prediction, score_threshold=0.5)
+    assert [s.id for s in by_score.segments] == [3, 8000, 8001]  # 0.5 is kept, 0.4 is not
+    assert by_score.semantic is semantic and by_score.timings == {"model": 1.5}
+    by_area = filter_prediction(prediction, min_area=2)
+    assert [s.id for s in by_area.segments] == [3, 8000] and by_area.segment_map.tolist() == [[1, 2, 2, 0, 0]]
