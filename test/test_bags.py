@@ -265,3 +265,44 @@ def test_the_installed_message_package_carries_the_definitions(monkeypatch, tmp_
     assert package_dir in bags.message_dirs()
     monkeypatch.setattr(bags, "message_dirs", lambda: [tmp_path / "no_source_tree", package_dir])
     assert bags.find_message_dir() == package_dir
+
+
+def matcher_frame(stamp: int) -> bags.Frame:
+    return bags.Frame(stamp, stamp, stamp, "cam", "rgb8", np.zeros((1, 1, 3), np.uint8))
+
+
+def test_a_frame_waits_for_exactly_max_pending_later_frames():
+    """With ``max_pending=2`` a frame without its label comes out once two later frames have arrived (the queue
+    exceeds 2), not after one; a frame with every label comes out as soon as the frames before it have. Kills ``len(pending) > max_pending`` -> ``>=`` and ``len(labels) >= label_count`` -> ``>``."""
+    stats = bags.ReadStats()
+    matcher = bags._LabelMatcher(1, 2, stats)
+    assert [f.stamp_ns for f in matcher.add_frame(matcher_frame(1))] == []
+    assert [f.stamp_ns for f in matcher.add_frame(matcher_frame(2))] == []
+    assert [f.stamp_ns for f in matcher.add_frame(matcher_frame(3))] == [1]
+    matcher.add_label(2, "semantic", np.zeros((1, 1)))
+    assert [f.stamp_ns for f in matcher.add_frame(matcher_frame(4))] == [2]  # labelled: ready, 3 still waits
+    two = bags._LabelMatcher(2, 5, bags.ReadStats())
+    two.add_label(7, "semantic", np.zeros((1, 1)))
+    assert list(two.add_frame(matcher_frame(7))) == []  # one label of two
+    two.add_label(8, "semantic", np.zeros((1, 1)))
+    two.add_label(8, "instances", np.zeros((1, 1)))
+    assert [(f.stamp_ns, sorted(f.labels)) for f in two.add_frame(matcher_frame(8))] == []  # 7 is first in line
+    assert [(f.stamp_ns, sorted(f.labels)) for f in two.flush()] == [(7, ["semantic"]), (8, ["instances", "semantic"])]
+
+
+def test_labels_ahead_of_their_frames_are_kept_up_to_max_pending_per_topic():
+    """Up to ``max_pending * label topics`` stamps of early labels are held (2 x 1 here): the third drops the
+    oldest, counted as unmatched. Kills ``len(labels) > limit`` -> ``>=`` and ``max(label_count, 1)`` -> ``2``."""
+    stats = bags.ReadStats()
+    matcher = bags._LabelMatcher(1, 2, stats)
+    for stamp in (10, 11):
+        matcher.add_label(stamp, "semantic", np.zeros((1, 1)))
+    assert stats.unmatched_labels == 0
+    matcher.add_label(12, "semantic", np.zeros((1, 1)))
+    assert stats.unmatched_labels == 1
+    frames = [f for stamp in (10, 11, 12) for f in matcher.add_frame(matcher_frame(stamp))]
+    # 10 lost its label and waits for two later frames; 11 and 12 have theirs
+    assert [(f.stamp_ns, sorted(f.labels)) for f in frames] == [(10, []), (11, ["semantic"]), (12, ["semantic"])]
+    assert list(matcher.flush()) == [] and stats.unmatched_labels == 1
+    unlabelled = bags._LabelMatcher(0, 2, bags.ReadStats())  # no label topics: every frame is ready at once
+    assert [f.stamp_ns for f in unlabelled.add_frame(matcher_frame(5))] == [5]
