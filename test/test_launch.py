@@ -2,6 +2,8 @@
 node parameters, and RViz shows topics the node publishes."""
 
 import importlib.util
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,92 @@ def test_mode_accuracy_picks_the_accuracy_params_file(panoptic):
     assert params["mode"] == "accuracy" and panoptic.node_parameters(defaults(panoptic, mode="accuracy"))["mode"] == "accuracy"
     assert panoptic.params_file(defaults(panoptic, mode="accuracy", params_file="/my.yaml"), str(REPO)) == "/my.yaml"
     assert panoptic.params_file(defaults(panoptic), str(REPO)).endswith("config/fast.yaml")
+
+
+class Recorded:
+    """Stands in for a launch / launch_ros class: keeps what it was constructed with."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+class LaunchConfiguration:
+    def __init__(self, name):
+        self.name = name
+
+    def perform(self, context):
+        return context[self.name]
+
+
+@pytest.fixture
+def fake_launch(monkeypatch, tmp_path):
+    """launch, launch_ros and ament_index_python as recorders (none has a PyPI wheel), the package share at
+    tmp_path; the classes by name."""
+    classes = {name: type(name, (Recorded,), {}) for name in (
+        "LaunchDescription", "DeclareLaunchArgument", "OpaqueFunction", "IncludeLaunchDescription",
+        "PythonLaunchDescriptionSource", "LifecycleNode", "Node")}
+    modules = {"launch": ["LaunchDescription"], "launch.actions": ["DeclareLaunchArgument", "OpaqueFunction",
+                                                                    "IncludeLaunchDescription"],
+               "launch.launch_description_sources": ["PythonLaunchDescriptionSource"], "launch_ros": [],
+               "launch_ros.actions": ["LifecycleNode", "Node"], "ament_index_python": []}
+    for name, members in modules.items():
+        module = types.ModuleType(name)
+        module.__dict__.update({m: classes[m] for m in members})
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setitem(sys.modules, "launch.substitutions",
+                        types.SimpleNamespace(LaunchConfiguration=LaunchConfiguration))
+    monkeypatch.setitem(sys.modules, "ament_index_python.packages",
+                        types.SimpleNamespace(get_package_share_directory=lambda package: str(tmp_path / package)))
+    return classes
+
+
+@pytest.mark.parametrize("name", ["panoptic.launch.py", "rviz.launch.py"])
+def test_the_description_declares_every_argument_and_runs_the_setup(fake_launch, name):
+    """Each argument declared with its default and description, then the setup (the test above only checked that
+    ``generate_launch_description`` is callable). Kills dropping ``description=`` or an argument."""
+    module = load(name)
+    description = module.generate_launch_description()
+    *declared, setup = description.args[0]
+    assert [(d.args, d.kwargs) for d in declared] == [
+        ((name,), {"default_value": default, "description": text}) for name, (default, text) in module.ARGUMENTS.items()]
+    assert isinstance(setup, fake_launch["OpaqueFunction"]) and setup.kwargs == {"function": module._setup}
+
+
+def test_the_setup_starts_the_lifecycle_node_with_its_parameters_and_rviz_on_request(fake_launch, panoptic, tmp_path):
+    """What ``ros2 launch panoptic_ros panoptic.launch.py namespace:=car device:=cuda:0 fastdds_profile:=shm
+    rviz:=true`` starts, field by field; without rviz:=true only the node. Kills a dropped namespace or
+    ``emulate_tty``, a narrowed rviz:=true test and parameters in another order."""
+    from panoptic_ros.ros.env import FASTDDS_PROFILE
+
+    share = str(tmp_path / "panoptic_ros")
+    values = defaults(panoptic, namespace="car", device="cuda:0", fastdds_profile="shm", rviz="true")
+    node, rviz = panoptic._setup(values)
+    assert isinstance(node, fake_launch["LifecycleNode"]) and node.kwargs == {
+        "package": "panoptic_ros", "executable": "panoptic_node", "name": "panoptic_node", "namespace": "car",
+        "parameters": [f"{share}/config/fast.yaml", {"mode": "fast", "autostart": True, "device": "cuda:0"}],
+        "remappings": [("image", "/camera/image_raw"), ("image/compressed", "/camera/image_raw/compressed"),
+                       ("camera_info", "/camera/camera_info")],
+        "output": "screen", "emulate_tty": True,
+        "additional_env": {"FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE),
+                           "FASTRTPS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE)}}
+    assert isinstance(rviz, fake_launch["IncludeLaunchDescription"])
+    assert rviz.args[0].args == (f"{share}/launch/rviz.launch.py",)
+    assert dict(rviz.kwargs["launch_arguments"]) == {
+        "image": "/camera/image_raw", "overlay": "/car/panoptic_node/overlay", "fastdds_profile": "shm"}
+    (alone,) = panoptic._setup(defaults(panoptic, params_file="/my.yaml"))
+    assert alone.kwargs["parameters"] == ["/my.yaml", {"mode": "fast", "autostart": True}]
+    assert alone.kwargs["namespace"] == "" and alone.kwargs["additional_env"] == {}
+
+
+def test_the_rviz_setup_writes_a_config_with_the_given_topics(fake_launch, tmp_path):
+    """RViz gets ``-d`` and a copy of config/panoptic.rviz showing the given topics (kills ``arguments=[path]``)."""
+    rviz = load("rviz.launch.py")
+    (tmp_path / "panoptic_ros" / "config").mkdir(parents=True)
+    (tmp_path / "panoptic_ros" / "config" / "panoptic.rviz").write_text((REPO / "config" / "panoptic.rviz").read_text())
+    (node,) = rviz._setup({"image": "/a/image", "overlay": "/b/overlay", "fastdds_profile": ""})
+    assert isinstance(node, fake_launch["Node"])
+    assert {k: node.kwargs[k] for k in ("package", "executable", "name", "additional_env")} == {
+        "package": "rviz2", "executable": "rviz2", "name": "rviz2", "additional_env": {}}
+    flag, path = node.kwargs["arguments"]
+    displays = yaml.safe_load(Path(path).read_text())["Visualization Manager"]["Displays"]
+    assert flag == "-d" and [d["Topic"]["Value"] for d in displays] == ["/a/image", "/b/overlay"]
