@@ -1,7 +1,11 @@
-"""The benchmarks run and write their result files (numbers are not asserted: timings belong in the files)."""
+"""The benchmarks run and write their result files. Timings are not bounded (they belong in the files), but the
+numbers derived from them must agree with them, and what is not a timing (labels equal to sklearn's, twins counted
+once each, the commit measured) is asserted."""
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,3 +26,50 @@ def test_benchmark_writes_its_results(name, tmp_path, monkeypatch):
     module.main()
     result = json.loads((tmp_path / f"{name}-cpu.json").read_text())
     assert result["commit"] and result["cpu"] and (tmp_path / f"{name}-cpu.md").read_text().startswith("#")
+    check_result(name, result)
+
+
+def check_result(name: str, result: dict) -> None:
+    """What a result file of benchmark ``name`` must hold whatever the machine: derived numbers equal to their
+    definition, and the values that are not timings. Kills e.g. a share divided by the wrong total, a speedup
+    inverted, a target test turned around or twins counted twice (the files used to be checked for existence)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                          text=True).stdout.strip()
+    assert result["commit"].split("+")[0] == head and result["device"] == "cpu"
+    if name == "imp":
+        for row in result["cpu_kernel_vs_reference"]:
+            assert row["speedup"] == pytest.approx(row["reference_ms"] / row["kernel_ms"])
+    elif name == "clustering":
+        for row in result["cpu_vs_sklearn"]:
+            assert row["same_labels"] and row["adjusted_rand_index"] == 1.0
+            assert row["clusters"] == result["workload"]["instances"]
+            assert row["speedup"] == pytest.approx(row["sklearn_ms"] / row["ours_ms"])
+    elif name == "panonet":
+        for run in result["results"].values():
+            total = sum(run["median_ms"].values())
+            assert run["share"] == pytest.approx({k: v / total for k, v in run["median_ms"].items()})
+            assert set(run["median_ms"]) == {"preprocess", "model", "clustering", "merge"} and run["frames"] >= 5
+    elif name == "replay":
+        run, share = result["result"], result["result"]["share"]
+        loop = run["per_frame_ms"]["loop"]
+        assert share["bag decode"] == pytest.approx(run["per_frame_ms"]["bag decode"] / loop)
+        assert share["metrics"] == pytest.approx(run["per_frame_ms"]["metrics"] / loop)
+        assert share["decode + metrics"] == pytest.approx(share["bag decode"] + share["metrics"])
+        assert result["meets_target"] == (share["decode + metrics"] < 0.1) and run["fps"] == pytest.approx(1e3 / loop)
+    elif name == "node":
+        assert set(result["overhead_2048x1024"]) == {"default", "default_asynchronous", "all"}
+        for run in result["overhead_2048x1024"].values():
+            assert run["node_overhead_share"] == pytest.approx(run["node_overhead_ms"] / run["median_ms"]["total"])
+            assert {f"publish.{output}" for output in run["outputs"]} <= set(run["median_ms"])
+    elif name == "mirror":
+        for run in result["results"].values():
+            assert run["separate"] + run["merged"] + run["unmatched"] == run["instances"]
+
+
+@pytest.mark.parametrize("name", ["imp", "panonet", "clustering", "replay", "node", "mirror"])
+def test_the_checks_hold_for_the_committed_results(name):
+    """The committed result files pass ``check_result`` (less the commit, which is older), so the checks above
+    describe what the benchmarks write."""
+    result = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / f"{name}-cpu.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    check_result(name, {**result, "commit": head})
