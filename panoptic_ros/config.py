@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from .classes import TABLES
+
 
 class ConfigError(ValueError):
     pass
@@ -143,7 +145,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 100
-    coordinate_epoch: int = 50  # Sec. III-C: epochs before it train without coordinates, from it on with them
+    coordinate_epoch: int = 50  # PanoNet Sec. III-C: epochs before it train without coordinates, from it on with them
     optimizer: str = "adadelta"  # Sec. III-E; adam / adamw / sgd allowed
     lr: float = 0.003
     weight_decay: float = 0.0
@@ -168,8 +170,6 @@ class TrainConfig:
 
     def validate(self, where: str) -> None:
         _require(self.epochs >= 1, where, "epochs", self.epochs, "an integer >= 1")
-        _require(0 <= self.coordinate_epoch <= self.epochs, where, "coordinate_epoch", self.coordinate_epoch,
-                 f"an integer in [0, epochs={self.epochs}]")
         _require(self.optimizer in OPTIMIZERS, where, "optimizer", self.optimizer, f"one of {sorted(OPTIMIZERS)}")
         _require(self.lr > 0, where, "lr", self.lr, "a number > 0")
         _require(self.poly_power >= 0, where, "poly_power", self.poly_power, "a number >= 0")
@@ -273,6 +273,8 @@ class ExperimentConfig:
         _require(isinstance(self.postprocess, POSTPROCESS_CONFIGS[architecture]), "postprocess", "type",
                  type(self.postprocess).__name__, f"{POSTPROCESS_CONFIGS[architecture].__name__} for {architecture}")
         if architecture == "panonet":
+            _require(0 <= self.train.coordinate_epoch <= self.train.epochs, "train", "coordinate_epoch",
+                     self.train.coordinate_epoch, f"an integer in [0, epochs={self.train.epochs}]")
             _require(self.train.stage == "full", "train", "stage", self.train.stage,
                      "full for panonet (its stages are train.semantic_only and --init)")
         else:
@@ -280,6 +282,11 @@ class ExperimentConfig:
                      "[height, width], each >= 64 for panoptic_fpn (2 x 2 cells of P5)")
             _require(not self.train.semantic_only, "train", "semantic_only", self.train.semantic_only,
                      "false for panoptic_fpn (use train.stage)")
+            _require(not self.train.class_weighting, "train", "class_weighting", self.train.class_weighting,
+                     "false for panoptic_fpn (its semantic loss is the top-k bootstrapped one, model.bootstrap_ratio)")
+            _require(tuple(self.model.thing_classes) == TABLES[self.data.dataset].thing_ids, "model",
+                     "thing_classes", self.model.thing_classes,
+                     f"the {self.data.dataset} thing classes {TABLES[self.data.dataset].thing_ids}")
         return self
 
     def to_dict(self) -> dict:

@@ -1,4 +1,4 @@
-"""Train PanoNet: ``python -m panoptic_ros.train --config config/panonet_camvid.yaml --out runs/camvid``.
+"""Train a network: ``python -m panoptic_ros.train --config config/panonet_camvid.yaml --out runs/camvid``.
 
 PanoNet Sec. III-E: cascade cross-entropy (Eq. 1) on the semantic branch and the cascade discriminative loss
 (Eq. 6) on the instance branch, Adadelta with polynomial decay by default (adam / adamw / sgd allowed), and the
@@ -13,6 +13,14 @@ schedule of Sec. III-C:
 Optional: online bootstrapping of hard pixels in the cross-entropy (Bridging paper Eq. 1), bf16 autocast and
 channels_last (``train.precision``, ``train.channels_last``). Validation always runs in fp32.
 
+``model.architecture: panoptic_fpn`` trains the accuracy mode (IMP paper Sec. 3.3) on the same datasets and
+augmentation (multi-scale crops, flips, colour jitter: ``TrainAugment``): each batch carries the detector targets
+of its crops (``detection_targets``: one box and mask per connected-component instance), and the losses are Mask
+R-CNN's plus the top-k bootstrapped semantic cross-entropy (``model.bootstrap_ratio``). ``train.stage: detector``
+trains Mask R-CNN alone (no semantic head, no IMP); ``train.stage: full`` with ``--init`` from that run trains the
+whole model with IMP in the graph (gradients reach the mask and class logits through it). Validation mIoU is of
+the semantic head (not computed in the detector stage, which has none).
+
 Writes ``last.pt`` (resumable: model, optimiser, schedule, epoch) after every epoch, ``best.pt`` by validation
 mIoU, ``log.jsonl`` (losses and metrics per epoch), ``weights_without_coordinates.safetensors`` at the end of the
 stage without coordinates and, at the end, ``weights.safetensors`` (fp16, with its config) for the Predictor. ``--resume`` continues from ``last.pt`` in ``--out``. Multi-GPU:
@@ -26,21 +34,23 @@ import json
 import math
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, default_collate
 from tqdm import tqdm
 
 from .checkpoint import load_model, save_weights
-from .config import ExperimentConfig, load_config
+from .config import STAGES, ExperimentConfig, load_config
 from .datasets import DATASETS
 from .losses import cascade_cross_entropy, cascade_discriminative_loss
 from .metrics import SemanticIoU
 from .models import build_model
+from .models.panoptic_fpn import detection_targets
 from .transforms import IGNORE_LABEL, NO_INSTANCE, TrainAugment
 
 
@@ -121,16 +131,71 @@ def compute_losses(outputs: dict, batch: dict, cfg: ExperimentConfig, class_weig
             "dist": instance["dist"], "reg": instance["reg"]}
 
 
+def panonet_losses(model, batch: dict, cfg: ExperimentConfig, class_weights, amp_dtype) -> dict[str, torch.Tensor]:
+    """PanoNet's training losses on a batch: the network under autocast, the losses in fp32."""
+    with torch.autocast(batch["image"].device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        outputs = forward_batch(model, batch, cfg)
+    return compute_losses(outputs, batch, cfg, class_weights)
+
+
+def panoptic_fpn_losses(model, batch: dict, cfg: ExperimentConfig, class_weights, amp_dtype) -> dict[str, torch.Tensor]:
+    """PanopticFPN's training losses on a batch (IMP paper Sec. 3.3): Mask R-CNN's (``objectness``,
+    ``rpn_box_reg``, ``classifier``, ``box_reg``, ``mask``), plus ``semantic`` (top-k bootstrapped) in the full
+    stage, summed into ``total`` in fp32."""
+    images = batch["image"]
+    if cfg.train.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        losses = model(images, batch["targets"], detector_only=cfg.train.stage == "detector")
+    losses = {k.removeprefix("loss_"): v.float() for k, v in losses.items()}
+    return {"total": sum(losses.values()), **losses}
+
+
+def collate_detection_targets(items: list[dict], thing_classes) -> dict:
+    """The default collation plus ``targets``: per crop, ``detection_targets`` of its semantic and instance maps
+    (boxes, dataset labels, masks) and the semantic map, as ``PanopticFPN`` trains on them."""
+    batch = default_collate(items)
+    batch["targets"] = [{**detection_targets(semantic, instances, thing_classes), "semantic": semantic}
+                        for semantic, instances in zip(batch["semantic"], batch["instances"])]
+    return batch
+
+
+def panonet_logits(model, images):
+    """[B, K, H, W]: the 1/4 logits upsampled bilinearly to the input."""
+    logits = model(images, instance=False)["semantic"]
+    return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def panoptic_fpn_logits(model, images):
+    """[B, K, H, W]: the stride-4 logits (rounded-up grid) upsampled 4x, cut where the input ends."""
+    logits = model(images)["semantic"]
+    full = F.interpolate(logits, scale_factor=model.output_stride, mode="bilinear", align_corners=False)
+    return full[..., :images.shape[-2], :images.shape[-1]]
+
+
+#: Per architecture: the training losses of a batch and the semantic logits of a validation batch.
+TRAINING = {"panonet": (panonet_losses, panonet_logits), "panoptic_fpn": (panoptic_fpn_losses, panoptic_fpn_logits)}
+
+
+def to_device(value, device):
+    """Tensors, and lists or dicts of them, moved to ``device``; anything else as it is."""
+    if torch.is_tensor(value):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_device(v, device) for v in value]
+    return value
+
+
 @torch.no_grad()
-def evaluate_semantic(model, loader, num_classes: int, device) -> dict:
-    """Semantic mIoU at full label resolution (logits upsampled bilinearly from 1/4), in fp32."""
+def evaluate_semantic(model, loader, num_classes: int, device, logits_of=panonet_logits) -> dict:
+    """Semantic mIoU at full label resolution (``logits_of``: the architecture's logits upsampled to the input),
+    in fp32."""
     model.eval()
     metric = SemanticIoU(num_classes, IGNORE_LABEL)
     for batch in loader:
-        images = batch["image"].to(device)
-        logits = model(images, instance=False)["semantic"]
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        metric.update(logits.argmax(1).cpu(), batch["semantic"])
+        metric.update(logits_of(model, batch["image"].to(device)).argmax(1).cpu(), batch["semantic"])
     return metric.compute()
 
 
@@ -160,16 +225,24 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
     train_set = dataset_cls(cfg.data.root, cfg.data.train_split, augment=augment, preload=cfg.data.preload)
     val_set = dataset_cls(cfg.data.root, cfg.data.val_split)
     sampler = DistributedSampler(train_set, world, rank, seed=cfg.train.seed) if world > 1 else None
+    detector = cfg.model.architecture == "panoptic_fpn"
+    collate = partial(collate_detection_targets, thing_classes=cfg.model.thing_classes) if detector else None
     train_loader = DataLoader(train_set, cfg.data.batch_size, shuffle=sampler is None, sampler=sampler,
-                              num_workers=cfg.data.workers, drop_last=True, persistent_workers=cfg.data.workers > 0)
+                              num_workers=cfg.data.workers, drop_last=True, persistent_workers=cfg.data.workers > 0,
+                              collate_fn=collate)
+    training_losses, validation_logits = TRAINING[cfg.model.architecture]
     val_loader = DataLoader(val_set, 1, num_workers=cfg.data.workers)
 
-    model = build_model(cfg.model.architecture, **cfg.model.kwargs())
+    # Parameters that come from --init or --resume need no backbone initialisation (no ImageNet download).
+    restored = init is not None or (resume and (out_dir / "last.pt").exists())
+    model = build_model(cfg.model.architecture, **(cfg.model.for_loading() if restored else cfg.model).kwargs())
     if init is not None:
         initial, init_cfg, _, init_info = load_model(init)
-        if init_cfg != cfg.model:
+        if init_cfg.for_loading() != cfg.model.for_loading():
             raise ValueError(f"--init {init}: its model config {init_cfg} differs from the experiment's {cfg.model}")
         model.load_state_dict(initial.state_dict())
+        if init_info.get("stage") == "detector" and cfg.train.stage == "full" and main_process:
+            print(f"full model (IMP in the graph) from the detector of {init} (IMP paper Sec. 3.3)")
         if init_info.get("semantic_only") and not cfg.train.semantic_only:
             model.init_instance_from_semantic()
             if main_process:
@@ -181,11 +254,11 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
     core = model
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                        find_unused_parameters=cfg.train.semantic_only)
+                                        find_unused_parameters=cfg.train.semantic_only or cfg.train.stage == "detector")
     steps_per_epoch = min(len(train_loader), max_steps_per_epoch or len(train_loader))
     optimizer = make_optimizer(model.parameters(), cfg)
-    # A semantic-only run has no coordinate stage: no coordinates, no schedule restart.
-    coordinate_epoch = cfg.train.epochs if cfg.train.semantic_only else cfg.train.coordinate_epoch
+    # A semantic-only run, and a PanopticFPN (no coordinates), have no coordinate stage: no schedule restart.
+    coordinate_epoch = cfg.train.epochs if cfg.train.semantic_only or detector else cfg.train.coordinate_epoch
     scheduler = poly_schedule(optimizer, cfg.train.epochs * steps_per_epoch, cfg.train.poly_power,
                               coordinate_epoch * steps_per_epoch)
     weights = (class_weights_for(train_set, cfg.model.num_classes, cfg.train.class_weight_power).to(device)
@@ -204,7 +277,8 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
 
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.train.epochs):
-        core.set_use_coordinates(epoch >= coordinate_epoch)
+        if not detector:
+            core.set_use_coordinates(epoch >= coordinate_epoch)
         model.train()
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -215,27 +289,28 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
         for step, batch in enumerate(bar):
             if step >= steps_per_epoch:
                 break
-            batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                outputs = forward_batch(model, batch, cfg)
-            losses = compute_losses(outputs, batch, cfg, weights)
+            losses = training_losses(model, to_device(batch, device), cfg, weights, amp_dtype)
             if not torch.isfinite(losses["total"]):
                 raise FloatingPointError(f"epoch {epoch}, step {step}: loss is {losses['total'].item()}")
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             optimizer.step()
             scheduler.step()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
             bar.set_postfix(loss=f"{losses['total'].item():.3f}")
         record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 1),
-                  "lr": scheduler.get_last_lr()[0], "coordinates": bool(core.use_coordinates),
+                  "lr": scheduler.get_last_lr()[0], "coordinates": bool(getattr(core, "use_coordinates", False)),
+                  **({"stage": cfg.train.stage} if detector else {}),
                   "precision": "bf16" if amp_dtype is not None else "fp32",
                   **{f"loss_{k}": v / steps_per_epoch for k, v in sums.items()}}
         if main_process:
-            evaluated = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs
+            evaluated = ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs) and not (
+                detector and cfg.train.stage == "detector")  # the detector stage has no trained semantic head
             if evaluated:
-                metrics = evaluate_semantic(core, val_loader, cfg.model.num_classes, device)
+                metrics = evaluate_semantic(core, val_loader, cfg.model.num_classes, device, validation_logits)
                 record.update(val_miou=metrics["miou"], val_pixel_accuracy=metrics["pixel_accuracy"])
             improved = evaluated and metrics["miou"] > best
             best = metrics["miou"] if improved else best
@@ -254,7 +329,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
             print(json.dumps(record))
     if main_process:
         info = {"epochs": cfg.train.epochs, "final_val_miou": metrics.get("miou"), "best_val_miou": best,
-                "semantic_only": cfg.train.semantic_only}
+                "semantic_only": cfg.train.semantic_only, **({"stage": cfg.train.stage} if detector else {})}
         save_weights(core, cfg, out_dir / "weights.safetensors", info=info)
     if world > 1:
         dist.destroy_process_group()
@@ -262,15 +337,19 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Train PanoNet (PanoNet Sec. III-E).")
+    parser = argparse.ArgumentParser(description="Train PanoNet (PanoNet Sec. III-E) or PanopticFPN (IMP paper "
+                                                 "Sec. 3.3), by the config's model.architecture.")
     parser.add_argument("--config", required=True, type=Path, help="experiment YAML, e.g. config/panonet_camvid.yaml")
     parser.add_argument("--out", type=Path, default=Path("runs/panonet"), help="output folder (checkpoints, logs)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--init", type=Path, help="start from the parameters of this weights file (fine-tuning)")
     parser.add_argument("--data-root", help="override data.root")
     parser.add_argument("--epochs", type=int, help="override train.epochs")
+    parser.add_argument("--stage", choices=STAGES, help="override train.stage (panoptic_fpn, IMP paper Sec. 3.3)")
     opts = parser.parse_args()
     cfg = load_config(opts.config)
+    if opts.stage:
+        cfg.train.stage = opts.stage
     if opts.data_root:
         cfg.data.root = opts.data_root
     if opts.epochs:

@@ -206,7 +206,7 @@ class PanopticFPN(nn.Module):
     pixels, ``labels`` [n] int64 dataset (thing) class ids, ``masks`` [n, H, W] uint8/bool, ``semantic`` [H, W]
     int64 class ids. Returns the dict of losses (torchvision's ``loss_classifier``, ``loss_box_reg``,
     ``loss_mask``, ``loss_objectness``, ``loss_rpn_box_reg``, and ``loss_semantic`` unless the variant has no
-    learned semantic head). In eval, a dict of raw outputs:
+    learned semantic head or ``detector_only``: the first stage of Sec. 3.3, Mask R-CNN alone, no IMP). In eval, a dict of raw outputs:
 
     * ``semantic``: [B, K, ceil(H/4), ceil(W/4)] class logits at stride ``output_stride`` = 4 of the input
       (Mask R-CNN-IMP: the canvas in the thing planes and ``MASK_THRESHOLD`` in the stuff planes);
@@ -272,7 +272,8 @@ class PanopticFPN(nn.Module):
             self.predictor = SemanticPredictor(semantic_channels + extra, num_classes, semantic_channels,
                                                semantic_convs, norm=semantic_features == "fpn")
 
-    def forward(self, images: Tensor, targets: Sequence[dict[str, Tensor]] | None = None) -> dict:
+    def forward(self, images: Tensor, targets: Sequence[dict[str, Tensor]] | None = None,
+                detector_only: bool = False) -> dict:
         self._check_inputs(images, targets)
         height, width = images.shape[-2:]
         padded = _pad_to_multiple(images, self._size_divisor)
@@ -282,7 +283,7 @@ class PanopticFPN(nn.Module):
         proposals, losses = self.rpn(ImageList(padded, sizes), features, detector_targets)
         if self.training:
             losses.update(self.roi_heads(features, proposals, sizes, detector_targets)[1])
-            if self.predictor is None:  # Mask R-CNN-IMP has nothing to learn beyond the detector
+            if self.predictor is None or detector_only:  # Mask R-CNN-IMP: nothing to learn beyond the detector
                 return losses
             proposals = [p[:self.imp_proposals] for p in proposals]
         detections = self.detect(features, proposals, sizes) if self.imp or not self.training else None
