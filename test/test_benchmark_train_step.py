@@ -14,3 +14,18 @@ def test_measure_times_each_precision_in_turn(toy_camvid, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in printed] == ["step 0 (warm-up) fp32", "step 0 (warm-up) bf16",
                                                          "step 1 fp32", "step 1 bf16"]
+
+
+def test_committed_results_hold_their_medians_and_ratio():
+    import json
+    import statistics
+    from pathlib import Path
+
+    for stage in ("detector", "full"):
+        path = Path(__file__).parents[1] / "benchmarks" / "results" / f"train_step-panoptic_fpn-{stage}-cpu.json"
+        result = json.loads(path.read_text())
+        assert result["stage"] == stage and result["batch_size"] == 4 and result["crop"] == [360, 480]
+        for precision, seconds in result["seconds_per_step"].items():
+            assert len(seconds) == result["steps"] and result["median_seconds"][precision] == statistics.median(seconds)
+        assert f"bf16 / fp32: {result['median_seconds']['bf16'] / result['median_seconds']['fp32']:.2f}" in (
+            path.with_suffix(".md").read_text())
