@@ -103,3 +103,15 @@ def test_panoptic_message_stamp_and_latency_to_the_nanosecond(monkeypatch, recei
              (s.bbox.x_offset, s.bbox.y_offset, s.bbox.width, s.bbox.height)) for s in panoptic.segments] == [
         (s.id, s.class_id, s.class_name, s.is_thing, s.score, s.area, s.bbox) for s in SEGMENTS]
     np.testing.assert_array_equal(np.frombuffer(bytes(panoptic.panoptic.data), "<u2").reshape(3, 4), SEGMENT_MAP)
+
+
+def test_panoptic_message_carries_the_class_table_with_colours_in_0_to_1(monkeypatch):
+    """~/panoptic's class table, every field: CamVid's ids, names, thing flags and colours scaled from 0-255 to
+    0-1, alpha 1 (by hand for building (128, 0, 0) and car (64, 0, 128)). Kills the ``class_infos`` mutants that
+    drop or alter a field or a colour channel's scaling."""
+    (panoptic, _), = publish(monkeypatch)["panoptic"].sent
+    got = [(c.id, c.name, c.is_thing, (c.color.r, c.color.g, c.color.b, c.color.a)) for c in panoptic.classes]
+    assert got == [(c.id, c.name, c.is_thing, (pytest.approx(c.color[0] / 255), pytest.approx(c.color[1] / 255),
+                                                pytest.approx(c.color[2] / 255), 1.0)) for c in CAMVID.classes]
+    assert got[1][:3] == (1, "building", False) and got[1][3] == pytest.approx((128 / 255, 0.0, 0.0, 1.0))
+    assert got[8][:3] == (8, "car", True) and got[8][3] == pytest.approx((64 / 255, 0.0, 128 / 255, 1.0))
