@@ -66,6 +66,13 @@ TINY_FPN = {"architecture": "panoptic_fpn", "backbone": "resnet18", "fpn_channel
             "box_batch_size_per_image": 32, "box_score_thresh": 0.0, "box_detections_per_img": 20}
 
 
+@pytest.fixture
+def tiny_fpn():
+    """``TINY_FPN``, the model section of a tiny PanopticFPN config (a fixture: ``conftest`` is not importable
+    by name where several test folders hold one)."""
+    return dict(TINY_FPN)
+
+
 @pytest.fixture(scope="session")
 def tiny_fpn_weights(tmp_path_factory):
     """An untrained tiny PanopticFPN (accuracy mode) whose every detection reaches the merge (thresholds 0), so

@@ -1,13 +1,11 @@
 """benchmarks.train_step on a tiny PanopticFPN and generated data: one timed step per precision, after a warm-up."""
 
-from conftest import TINY_FPN
-
 from benchmarks.train_step import measure
 from panoptic_ros.config import config_from_dict
 
 
-def test_measure_times_each_precision_in_turn(toy_camvid, capsys):
-    cfg = config_from_dict({"model": TINY_FPN, "data": {"root": str(toy_camvid), "crop": [64, 96], "batch_size": 2},
+def test_measure_times_each_precision_in_turn(toy_camvid, tiny_fpn, capsys):
+    cfg = config_from_dict({"model": tiny_fpn, "data": {"root": str(toy_camvid), "crop": [64, 96], "batch_size": 2},
                             "train": {"stage": "detector", "optimizer": "adamw"}})
     times = measure(cfg, steps=1)
     assert set(times) == {"fp32", "bf16"} and all(len(t) == 1 and t[0] > 0 for t in times.values())

@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_FPN
 
 from panoptic_ros.config import ConfigError, config_from_dict, load_config
 from panoptic_ros.predictor import Predictor
@@ -14,9 +13,9 @@ from panoptic_ros.train import collate_detection_targets, train
 DETECTOR = {"objectness", "rpn_box_reg", "classifier", "box_reg", "mask"}
 
 
-def config(root, stage, epochs=2, **train_options):
+def config(root, stage, model, epochs=2, **train_options):
     return config_from_dict({
-        "model": {**TINY_FPN, "box_score_thresh": 0.05},
+        "model": {**model, "box_score_thresh": 0.05},
         "data": {"root": str(root), "crop": [64, 96], "scale": [0.75, 1.25], "jitter": 0.2, "batch_size": 2,
                  "workers": 0},
         "train": {"stage": stage, "epochs": epochs, "optimizer": "adamw", "lr": 0.002, "poly_power": 0.0,
@@ -29,10 +28,10 @@ def read_log(run):
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
-def test_detector_stage_then_full_stage_from_it_then_resume(toy_camvid, tmp_path):
+def test_detector_stage_then_full_stage_from_it_then_resume(toy_camvid, tiny_fpn, tmp_path):
     torch.manual_seed(0)
     detector = tmp_path / "detector"
-    train(config(toy_camvid, "detector", epochs=3), detector, max_steps_per_epoch=2)
+    train(config(toy_camvid, "detector", tiny_fpn, epochs=3), detector, max_steps_per_epoch=2)
     log = read_log(detector)
     assert [r["stage"] for r in log] == ["detector"] * 3
     assert {k.removeprefix("loss_") for k in log[0] if k.startswith("loss_")} == DETECTOR | {"total"}
@@ -40,8 +39,8 @@ def test_detector_stage_then_full_stage_from_it_then_resume(toy_camvid, tmp_path
     assert log[-1]["loss_total"] < log[0]["loss_total"]
 
     full = tmp_path / "full"
-    train(config(toy_camvid, "full", epochs=1), full, max_steps_per_epoch=2, init=detector / "weights.safetensors")
-    train(config(toy_camvid, "full", epochs=2), full, max_steps_per_epoch=2, resume=True)
+    train(config(toy_camvid, "full", tiny_fpn, epochs=1), full, max_steps_per_epoch=2, init=detector / "weights.safetensors")
+    train(config(toy_camvid, "full", tiny_fpn, epochs=2), full, max_steps_per_epoch=2, resume=True)
     log_full = read_log(full)
     assert [(r["epoch"], r["stage"]) for r in log_full] == [(1, "full"), (2, "full")]
     assert "loss_semantic" in log_full[0] and 0 <= log_full[-1]["val_miou"] <= 1
@@ -69,26 +68,26 @@ def test_collated_batches_carry_one_detection_target_per_instance():
     assert second["boxes"].shape == (0, 4) and second["masks"].shape == (0, 64, 96)
 
 
-def test_init_from_another_model_config_is_refused(toy_camvid, tiny_fpn_weights, tmp_path):
-    cfg = config(toy_camvid, "full", epochs=1)
+def test_init_from_another_model_config_is_refused(toy_camvid, tiny_fpn, tiny_fpn_weights, tmp_path):
+    cfg = config(toy_camvid, "full", tiny_fpn, epochs=1)
     cfg.model.fpn_channels = 64
     with pytest.raises(ValueError, match="--init .* differs from the experiment's"):
         train(cfg, tmp_path / "x", max_steps_per_epoch=1, init=tiny_fpn_weights)
 
 
-def test_shipped_accuracy_training_config_loads_and_bad_stages_are_named():
+def test_shipped_accuracy_training_config_loads_and_bad_stages_are_named(tiny_fpn):
     cfg = load_config("config/panoptic_fpn_camvid.yaml")
     assert cfg.model.architecture == "panoptic_fpn" and cfg.train.stage == "detector" and cfg.model.imp
     assert cfg.data.batch_size == 4 and tuple(cfg.data.crop) == (360, 480)
     with pytest.raises(ConfigError, match="train.stage = 'both' is not allowed: expected one of"):
-        config_from_dict({"model": TINY_FPN, "data": {"crop": [64, 96]}, "train": {"stage": "both"}})
+        config_from_dict({"model": tiny_fpn, "data": {"crop": [64, 96]}, "train": {"stage": "both"}})
     with pytest.raises(ConfigError, match="model.thing_classes = .* the cityscapes thing classes"):
-        config_from_dict({"model": TINY_FPN, "data": {"dataset": "cityscapes", "crop": [64, 96]}})
+        config_from_dict({"model": tiny_fpn, "data": {"dataset": "cityscapes", "crop": [64, 96]}})
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["detector", "full"])
-def test_torchrun_trains_either_stage_with_two_processes(toy_camvid, tmp_path, stage):
+def test_torchrun_trains_either_stage_with_two_processes(toy_camvid, tiny_fpn, tmp_path, stage):
     """DistributedDataParallel on two CPU processes (gloo); the detector stage leaves the semantic head unused."""
     import os
     import subprocess
@@ -97,7 +96,7 @@ def test_torchrun_trains_either_stage_with_two_processes(toy_camvid, tmp_path, s
     import yaml
 
     cfg_path = tmp_path / "toy.yaml"
-    cfg_path.write_text(yaml.safe_dump(config(toy_camvid, stage, epochs=1).to_dict()))
+    cfg_path.write_text(yaml.safe_dump(config(toy_camvid, stage, tiny_fpn, epochs=1).to_dict()))
     out = tmp_path / "ddp"
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
