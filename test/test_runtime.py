@@ -113,7 +113,7 @@ def test_camera_status_is_stale_without_input():
     stats = CameraStats(window=4, started=10.0)
     assert camera_status("cam", stats, Counter(), 12.0, stale_after=2.0).level == OK  # exactly at the bound
     never = camera_status("cam", stats, Counter(), 12.5, stale_after=2.0)
-    assert never.level == STALE and "since activation" in never.message
+    assert never.level == STALE and never.message == "no image for 2.5 s (since activation)"
     stats.record_input(20.0)
     stats.record_output(20.0, {"total": 1.0})
     assert camera_status("cam", stats, Counter(), 21.0, stale_after=2.0).level == OK
