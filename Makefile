@@ -41,6 +41,7 @@ demo: setup-kilted
 
 bench: setup-kilted
 	$(PY) -m benchmarks.imp
+	$(PY) -m benchmarks.accuracy
 	$(PY) -m benchmarks.clustering
 	$(PY) -m benchmarks.panonet
 	$(PY) -m benchmarks.replay

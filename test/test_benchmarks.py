@@ -14,7 +14,7 @@ from panoptic_ros.predictor import DEFAULT_WEIGHTS
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["imp", "panonet", "clustering", "replay", "node", "mirror"])
+@pytest.mark.parametrize("name", ["imp", "panonet", "clustering", "replay", "node", "mirror", "accuracy"])
 def test_benchmark_writes_its_results(name, tmp_path, monkeypatch):
     if name == "imp" and not extension_available():
         pytest.skip("IMP extension not built")
@@ -64,6 +64,15 @@ def check_result(name: str, result: dict) -> None:
     elif name == "mirror":
         for run in result["results"].values():
             assert run["separate"] + run["merged"] + run["unmatched"] == run["instances"]
+    elif name == "accuracy":
+        for resolution, runs in result["results"].items():
+            assert set(runs) == {"with IMP", "without IMP"}
+            assert "imp" in runs["with IMP"]["median_ms"] and "imp" not in runs["without IMP"]["median_ms"]
+            for run in runs.values():
+                assert {"backbone", "rpn", "heads", "semantic head", "semantic", "merge"} <= set(run["median_ms"])
+                assert run["fps"] == pytest.approx(1e3 / run["end_to_end_ms"])
+            assert result["imp_share_of_frame"][resolution] == pytest.approx(
+                runs["with IMP"]["median_ms"]["imp"] / runs["with IMP"]["end_to_end_ms"])
 
 
 @pytest.mark.parametrize("name", ["imp", "panonet", "clustering", "replay", "node", "mirror"])
