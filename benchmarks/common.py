@@ -15,11 +15,13 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def commit() -> str:
-    """Current commit, with '+dirty' when the working tree has uncommitted changes."""
+    """Current commit, with '+dirty' when the working tree has uncommitted changes (result files of benchmarks
+    aside: ``make bench`` rewrites them one benchmark after another, which must not mark the next one dirty)."""
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], cwd=root, capture_output=True, text=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
