@@ -14,7 +14,8 @@
 #
 # Steps:
 #   1. create the venv (python3 -m venv) if missing;
-#   2. pip install -r <requirements> when that file changed;
+#   2. pip install -r <requirements> when that file changed (jazzy: after hard-linking torch and what it
+#      requires from .venv, where that exists, by scripts/share_venv.py);
 #   3. point the ros-* wheels' exported CMake include dirs at this venv's Python and numpy headers;
 #   4. (jazzy) copy this tree's files into build/jazzy/src, removing those deleted here since the last copy;
 #   5. pip install -e <tree> (messages + IMP op) when a build input changed, then check that the generated
@@ -57,6 +58,10 @@ fi
 
 req_hash=$(echo "$REQUIREMENTS" | hash_files "$("$PY" -c 'import sys; print(sys.version)')")
 if [[ "$(cat "$VENV/.stamp-requirements" 2>/dev/null)" != "$req_hash" ]]; then
+  if [[ "$VENV" != .venv && -x .venv/bin/python ]]; then
+    # torch and its CUDA libraries are the same 5.3 GB in both venvs: link them instead of a second copy.
+    log "$(.venv/bin/python scripts/share_venv.py "$VENV" torch torchvision)"
+  fi
   log "installing $REQUIREMENTS"
   quiet_pip install -q -r "$REQUIREMENTS"
   rm -f "$VENV/.stamp-install"

