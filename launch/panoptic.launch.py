@@ -4,6 +4,7 @@
     ros2 launch panoptic_ros panoptic.launch.py cameras:=front,rear params_file:=/path/to/my.yaml
     ros2 launch panoptic_ros panoptic.launch.py autostart:=false   # nav2's lifecycle_manager drives it
     ros2 launch panoptic_ros panoptic.launch.py fastdds_profile:=shm  # 2 MP frames over shared memory, this host only
+    ros2 launch panoptic_ros panoptic.launch.py publication_mode:=SYNCHRONOUS  # rmw_fastrtps' own default
     ros2 launch panoptic_ros panoptic.launch.py mode:=accuracy weights:=/path/to/panoptic_fpn.safetensors
 
 Launch arguments left empty keep the value of the parameters file (config/<mode>.yaml by default). The helpers
@@ -25,8 +26,13 @@ ARGUMENTS = {  # name: (default, description)
                           "transitions (nav2 lifecycle_manager)"),
     "fastdds_profile": ("", "Fast DDS profile of the node process: empty none (the deployment's environment), 'shm' "
                             "the package's shared-memory profile (loopback only), or an XML path"),
+    "publication_mode": ("ASYNCHRONOUS", "rmw_fastrtps publication mode of the node process "
+                                         "(RMW_FASTRTPS_PUBLICATION_MODE): ASYNCHRONOUS, a Fast DDS thread sends the "
+                                         "2-4 MB outputs and the node's thread goes back to work; SYNCHRONOUS, "
+                                         "rmw_fastrtps' default; AUTO; empty: the environment's. Other RMWs ignore it"),
     "rviz": ("false", "true: start RViz showing the input and the overlay"),
 }
+PUBLICATION_MODES = ("ASYNCHRONOUS", "SYNCHRONOUS", "AUTO")
 
 
 def node_parameters(values: dict) -> dict:
@@ -66,10 +72,18 @@ def rviz_topics(values: dict) -> dict:
 
 def process_environment(values: dict) -> dict:
     """Environment of the node process for ``fastdds_profile`` (``panoptic_ros.ros.env.profile_environment``:
-    both the Fast DDS 3 and the Fast DDS 2 variable, so Humble, Jazzy and Kilted all load it)."""
+    both the Fast DDS 3 and the Fast DDS 2 variable, so Humble, Jazzy and Kilted all load it) and
+    ``publication_mode`` (read by rmw_fastrtps on Humble, Jazzy and Kilted alike)."""
     from panoptic_ros.ros.env import profile_environment
 
-    return profile_environment(values["fastdds_profile"])
+    environment = profile_environment(values["fastdds_profile"])
+    mode = values["publication_mode"].strip().upper()
+    if mode:
+        if mode not in PUBLICATION_MODES:
+            raise ValueError(f"publication_mode must be one of {', '.join(PUBLICATION_MODES)} or empty, "
+                             f"got {values['publication_mode']!r}")
+        environment["RMW_FASTRTPS_PUBLICATION_MODE"] = mode
+    return environment
 
 
 def _setup(context):

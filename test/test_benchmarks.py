@@ -57,7 +57,8 @@ def check_result(name: str, result: dict) -> None:
         assert share["decode + metrics"] == pytest.approx(share["bag decode"] + share["metrics"])
         assert result["meets_target"] == (share["decode + metrics"] < 0.1) and run["fps"] == pytest.approx(1e3 / loop)
     elif name == "node":
-        assert set(result["overhead_2048x1024"]) == {"default", "default_asynchronous", "all"}
+        assert set(result["overhead_2048x1024"]) == {"default", "default_synchronous", "all"}
+        assert result["publication_mode"] == "ASYNCHRONOUS"  # launch/panoptic.launch.py's default
         for run in result["overhead_2048x1024"].values():
             assert run["node_overhead_share"] == pytest.approx(run["node_overhead_ms"] / run["median_ms"]["total"])
             assert {f"publish.{output}" for output in run["outputs"]} <= set(run["median_ms"])

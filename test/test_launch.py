@@ -61,9 +61,14 @@ def test_autostart_and_fastdds_profile_arguments(panoptic):
 
     assert panoptic.node_parameters(defaults(panoptic))["autostart"] is True
     assert panoptic.node_parameters(defaults(panoptic, autostart="false"))["autostart"] is False
-    assert panoptic.process_environment(defaults(panoptic)) == {}  # the deployment's network settings
-    assert panoptic.process_environment(defaults(panoptic, fastdds_profile="shm")) == {
+    # no network settings of its own: the deployment's; asynchronous publication by default
+    assert panoptic.process_environment(defaults(panoptic)) == {"RMW_FASTRTPS_PUBLICATION_MODE": "ASYNCHRONOUS"}
+    assert panoptic.process_environment(defaults(panoptic, fastdds_profile="shm", publication_mode="")) == {
         "FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE), "FASTRTPS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE)}
+    assert panoptic.process_environment(defaults(panoptic, publication_mode="synchronous")) == {
+        "RMW_FASTRTPS_PUBLICATION_MODE": "SYNCHRONOUS"}
+    with pytest.raises(ValueError, match="publication_mode must be one of ASYNCHRONOUS, SYNCHRONOUS, AUTO"):
+        panoptic.process_environment(defaults(panoptic, publication_mode="ASYNC"))
     source = (REPO / "launch" / "panoptic.launch.py").read_text()
     assert "LifecycleNode(" in source and "additional_env=process_environment(values)" in source
 
@@ -161,14 +166,16 @@ def test_the_setup_starts_the_lifecycle_node_with_its_parameters_and_rviz_on_req
                        ("camera_info", "/camera/camera_info")],
         "output": "screen", "emulate_tty": True,
         "additional_env": {"FASTDDS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE),
-                           "FASTRTPS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE)}}
+                           "FASTRTPS_DEFAULT_PROFILES_FILE": str(FASTDDS_PROFILE),
+                           "RMW_FASTRTPS_PUBLICATION_MODE": "ASYNCHRONOUS"}}
     assert isinstance(rviz, fake_launch["IncludeLaunchDescription"])
     assert rviz.args[0].args == (f"{share}/launch/rviz.launch.py",)
     assert dict(rviz.kwargs["launch_arguments"]) == {
         "image": "/camera/image_raw", "overlay": "/car/panoptic_node/overlay", "fastdds_profile": "shm"}
     (alone,) = panoptic._setup(defaults(panoptic, params_file="/my.yaml"))
     assert alone.kwargs["parameters"] == ["/my.yaml", {"mode": "fast", "autostart": True}]
-    assert alone.kwargs["namespace"] == "" and alone.kwargs["additional_env"] == {}
+    assert alone.kwargs["namespace"] == ""
+    assert alone.kwargs["additional_env"] == {"RMW_FASTRTPS_PUBLICATION_MODE": "ASYNCHRONOUS"}
 
 
 def test_the_rviz_setup_writes_a_config_with_the_given_topics(fake_launch, tmp_path):
