@@ -12,9 +12,17 @@ instance embedding from two ICNet branches, with no detector.
 * ``instance=False`` runs the semantic branch alone (the semantic pre-training that Sec. III-C starts from).
 * ``share_encoder=True`` is the shared-weights variant of Sec. IV-e: one encoder (on RGB + coordinates) and a
   decoder per task ("shared weights except for the final three layers": the two CFF units and the head).
+* ``instance_decoder`` (issue #13) picks the instance branch's decoder on the same encoder (``INSTANCE_DECODERS``):
+  ``embedding`` (PanoNet's E-channel embedding, the default), ``dcme`` (``decoders.DCMEHead``: 2 channels, the
+  vector to the instance's centre of mass, DCME paper Sec. III-IV) or ``bridging`` (``decoders.BridgingHead``: 4
+  channels per thing class, box offset and size, Bridging paper Sec. 2.1; ``thing_classes`` names those classes).
+  All three have ICNet's decoder contract, and the attribute stays ``embedding_decoder`` whichever it is, so every
+  weights file keeps its state-dict keys.
 
-``forward`` returns raw outputs at 1/4 resolution: ``semantic`` [B, K, h, w] and ``embedding`` [B, E, h, w], plus
-in training the cascade guidance outputs ``semantic_guidance`` / ``embedding_guidance`` (1/8, 1/16).
+``forward`` returns raw outputs at 1/4 resolution: ``semantic`` [B, K, h, w] and ``embedding`` [B, E, h, w], the
+instance branch's output (E = ``embedding_dim``, 2 for dcme, 4 T for bridging), plus in training the cascade
+guidance outputs ``semantic_guidance`` / ``embedding_guidance`` (1/8, 1/16). The key is ``embedding`` for every
+decoder, so the export backends (``backends.OUTPUTS``) and the Predictor read one contract.
 """
 
 from __future__ import annotations
@@ -34,6 +42,31 @@ class PanoNetConfig:
     width: float = 1.0
     depths: tuple[int, int, int, int] = (3, 4, 6, 3)
     share_encoder: bool = False
+    instance_decoder: str = "embedding"
+    thing_classes: tuple[int, ...] = ()
+
+
+def _embedding_decoder(channels, width, embedding_dim, thing_classes):
+    return ICNetDecoder(channels, embedding_dim, width)
+
+
+def _dcme_decoder(channels, width, embedding_dim, thing_classes):
+    from ..decoders.dcme import DCMEHead  # here, not at import: decoders import models.icnet
+
+    return DCMEHead(channels, width)
+
+
+def _bridging_decoder(channels, width, embedding_dim, thing_classes):
+    from ..decoders.bridging import BridgingHead
+
+    if not thing_classes:
+        raise ValueError("instance_decoder 'bridging' needs thing_classes (4 output channels per thing class)")
+    return BridgingHead(channels, len(thing_classes), width)
+
+
+#: The instance branch's decoder per ``instance_decoder``: (encoder channels, width, embedding_dim, thing_classes)
+#: -> a module with ``ICNetDecoder``'s contract. Only the chosen one is built.
+INSTANCE_DECODERS = {"embedding": _embedding_decoder, "dcme": _dcme_decoder, "bridging": _bridging_decoder}
 
 
 def coordinate_channels(batch: int, height: int, width: int, device=None, dtype=None) -> Tensor:
@@ -46,14 +79,20 @@ def coordinate_channels(batch: int, height: int, width: int, device=None, dtype=
 
 class PanoNet(nn.Module):
     def __init__(self, num_classes: int, embedding_dim: int = 12, width: float = 1.0,
-                 depths: tuple[int, int, int, int] = (3, 4, 6, 3), share_encoder: bool = False):
+                 depths: tuple[int, int, int, int] = (3, 4, 6, 3), share_encoder: bool = False,
+                 instance_decoder: str = "embedding", thing_classes: tuple[int, ...] = ()):
         super().__init__()
-        self.config = PanoNetConfig(num_classes, embedding_dim, width, tuple(depths), share_encoder)
+        if instance_decoder not in INSTANCE_DECODERS:
+            raise ValueError(f"instance_decoder {instance_decoder!r} is not allowed: expected one of "
+                             f"{tuple(INSTANCE_DECODERS)}")
+        self.config = PanoNetConfig(num_classes, embedding_dim, width, tuple(depths), share_encoder, instance_decoder,
+                                    tuple(thing_classes))
         self.instance_encoder = ICNetEncoder(5, width, depths)
         self.semantic_encoder = None if share_encoder else ICNetEncoder(3, width, depths)
         channels = self.instance_encoder.channels
         self.semantic_decoder = ICNetDecoder(channels, num_classes, width)
-        self.embedding_decoder = ICNetDecoder(channels, embedding_dim, width)
+        self.embedding_decoder = INSTANCE_DECODERS[instance_decoder](channels, width, embedding_dim,
+                                                                     tuple(thing_classes))
         self.register_buffer("use_coordinates", torch.tensor(True))
         self._zero_coordinate_weights()
 
@@ -61,6 +100,11 @@ class PanoNet(nn.Module):
         with torch.no_grad():
             for conv in (self.instance_encoder.sub1[0][0], self.instance_encoder.stem[0][0]):
                 conv.weight[:, 3:].zero_()
+
+    @property
+    def instance_decoder(self) -> str:
+        """``embedding``, ``dcme`` or ``bridging``: what the instance branch's output holds."""
+        return self.config.instance_decoder
 
     @property
     def min_input_size(self) -> int:
@@ -98,7 +142,7 @@ class PanoNet(nn.Module):
     def init_instance_from_semantic(self) -> None:
         """Sec. III-C: the instance branch starts from the trained semantic branch. The semantic encoder's
         parameters and statistics are copied into the instance encoder (the coordinate input weights stay zero),
-        and the embedding decoder (the branch's last layers) is re-initialised. With a shared encoder only the
+        and the instance decoder (the branch's last layers, whichever ``instance_decoder``) is re-initialised. With a shared encoder only the
         decoder is re-initialised."""
         if self.semantic_encoder is not None:
             target = self.instance_encoder.state_dict()
