@@ -1,7 +1,10 @@
 """Shipped weights: a safetensors file (optionally fp16) whose metadata holds the model config (its
 ``architecture`` names the family: ``panonet`` fast, ``panoptic_fpn`` accuracy) and the family's post-processing
 config, so a file alone rebuilds its network and its post-processor. Files without an architecture-specific
-post-processing class (every PanoNet file written before the accuracy mode) read as PanoNet's, as before.
+post-processing class (every PanoNet file written before the accuracy mode) read as PanoNet's, as before. A PanoNet
+file's model config names its ``instance_decoder`` (``embedding``, ``dcme``, ``bridging``), which picks the
+post-processing config's class (``config.postprocess_class``); files written before the decoders have no such key
+and read as ``embedding``, unchanged.
 Training checkpoints (resumable) are separate torch files."""
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig
         raise WeightsError(f"{path}: expected metadata format {FORMAT!r}, found {metadata.get('format')!r}")
     try:
         model_cfg = model_config_from_dict(json.loads(metadata["model"]), "weights.model")
-        post_cfg = postprocess_config_from_dict(json.loads(metadata["postprocess"]), model_cfg.architecture,
+        post_cfg = postprocess_config_from_dict(json.loads(metadata["postprocess"]), model_cfg,
                                                 "weights.postprocess")
         model_cfg.validate("weights.model")
         post_cfg.validate("weights.postprocess")

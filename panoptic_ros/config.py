@@ -17,9 +17,16 @@ class ConfigError(ValueError):
     pass
 
 
+#: PanoNet's instance decoders (issue #13; ``models.panonet.INSTANCE_DECODERS`` builds them).
+INSTANCE_DECODERS = ("embedding", "dcme", "bridging")
+
+
 @dataclass
 class ModelConfig:
-    """PanoNet (``architecture: panonet``, the fast mode): ``models.PanoNet``'s keywords."""
+    """PanoNet (``architecture: panonet``, the fast mode): ``models.PanoNet``'s keywords. ``instance_decoder``
+    picks the instance branch's decoder (``embedding``: PanoNet's, the default and what every weights file without
+    the key holds; ``dcme``; ``bridging``); ``embedding_dim`` is the embedding decoder's only, ``thing_classes``
+    (the dataset's thing class ids, increasing) the bridging decoder's only, empty for the others."""
 
     architecture: str = "panonet"
     num_classes: int = 11
@@ -27,6 +34,8 @@ class ModelConfig:
     width: float = 1.0
     depths: tuple[int, int, int, int] = (3, 4, 6, 3)
     share_encoder: bool = False
+    instance_decoder: str = "embedding"
+    thing_classes: tuple[int, ...] = ()
 
     def validate(self, where: str) -> None:
         _require(self.num_classes >= 1, where, "num_classes", self.num_classes, "an integer >= 1")
@@ -34,6 +43,25 @@ class ModelConfig:
         _require(0 < self.width <= 4, where, "width", self.width, "a number in (0, 4]")
         _require(len(self.depths) == 4 and all(d >= 1 for d in self.depths), where, "depths", self.depths,
                  "four integers >= 1")
+        _require(self.instance_decoder in INSTANCE_DECODERS, where, "instance_decoder", self.instance_decoder,
+                 f"one of {INSTANCE_DECODERS}")
+        things = list(self.thing_classes)
+        if self.instance_decoder == "bridging":
+            _require(bool(things) and things == sorted(set(things)) and things[0] >= 0
+                     and things[-1] < self.num_classes, where, "thing_classes", self.thing_classes,
+                     f"distinct increasing class ids in [0, {self.num_classes}), at least one, for instance_decoder "
+                     f"bridging (4 output channels per thing class)")
+        else:
+            _require(not things, where, "thing_classes", self.thing_classes,
+                     f"[] for instance_decoder {self.instance_decoder} (class-agnostic; only bridging has "
+                     f"channels per thing class)")
+
+    def without_instance_decoder(self) -> "ModelConfig":
+        """This network with the default instance decoder: what two configs must share for one to start from the
+        other's semantic-only weights (``train --init``; the instance decoder is re-initialised there)."""
+        default = ModelConfig()
+        return dataclasses.replace(self, instance_decoder=default.instance_decoder,
+                                   thing_classes=default.thing_classes, embedding_dim=default.embedding_dim)
 
     def kwargs(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "architecture"}
@@ -167,6 +195,13 @@ class TrainConfig:
     # "full" the whole model with IMP in the graph, started with --init from the detector run.
     stage: str = "full"
     grad_clip: float = 0.0  # > 0: clip the gradient norm (Mask R-CNN from scratch can spike early); 0 = off
+    # The instance loss follows model.instance_decoder (issue #13): the discriminative loss for embedding (PanoNet
+    # Eq. 2-6), decoders.dcme_cascade_loss for dcme, decoders.bridging_cascade_loss for bridging. Their settings:
+    dcme_amplitude: float = 4.0  # A of the clipped error gradient f(x) = A (sigmoid(x) - 0.5), DCME paper Eq. 6
+    # Bridging paper Sec. 2.2 for the box regression: pixels whose predicted box has IoU >= the threshold with the
+    # true box are dropped (1.0: none), keeping at least the min_kept share of each crop's lowest-IoU pixels.
+    bridging_bootstrap_threshold: float = 1.0
+    bridging_bootstrap_min_kept: float = 0.0
 
     def validate(self, where: str) -> None:
         _require(self.epochs >= 1, where, "epochs", self.epochs, "an integer >= 1")
@@ -182,6 +217,11 @@ class TrainConfig:
         _require(self.precision in ("auto", "fp32", "bf16"), where, "precision", self.precision, "auto, fp32 or bf16")
         _require(self.stage in STAGES, where, "stage", self.stage, f"one of {STAGES}")
         _require(self.grad_clip >= 0, where, "grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
+        _require(self.dcme_amplitude > 0, where, "dcme_amplitude", self.dcme_amplitude, "a number > 0")
+        _require(0 < self.bridging_bootstrap_threshold <= 1, where, "bridging_bootstrap_threshold",
+                 self.bridging_bootstrap_threshold, "an IoU in (0, 1]")
+        _require(0 <= self.bridging_bootstrap_min_kept <= 1, where, "bridging_bootstrap_min_kept",
+                 self.bridging_bootstrap_min_kept, "a number in [0, 1]")
 
 
 @dataclass
@@ -211,6 +251,76 @@ class PostprocessConfig:
             self, bandwidths={**self.bandwidths, **bandwidths},
             min_instance_pixels=self.min_instance_pixels if min_instance_pixels < 0 else min_instance_pixels,
             stuff_min_area=self.stuff_min_area if stuff_min_area < 0 else stuff_min_area)
+
+
+def _voting_node_filters(config, decoder: str, bandwidths: dict[int, float], min_instance_pixels: int,
+                         stuff_min_area: int):
+    """The node's overrides of a DCME or Bridging post-processing config: no bandwidths (nothing is clustered by
+    mean shift), the smallest instance and stuff area as for embeddings (-1: keep the config's value)."""
+    if bandwidths:
+        raise ConfigError(f"bandwidths.* = {bandwidths!r} is not allowed: the weights' instance decoder is {decoder}, "
+                          f"which has no mean-shift clustering (bandwidths are the embedding decoder's)")
+    return dataclasses.replace(
+        config, min_instance_pixels=config.min_instance_pixels if min_instance_pixels < 0 else min_instance_pixels,
+        stuff_min_area=config.stuff_min_area if stuff_min_area < 0 else stuff_min_area)
+
+
+@dataclass
+class DCMEPostprocessConfig:
+    """PanoNet with ``instance_decoder: dcme`` (``predictor.postprocess_dcme``): ``decoders.decode_dcme``'s vote
+    grouping (a centre is a vote peak within ``peak_radius`` cells holding ``min_votes`` votes in its window; a
+    vote joins the nearest centre within ``max_distance`` cells), instances of at least ``min_instance_pixels``
+    cells at 1/4 resolution, then the panoptic merge as for embeddings (``stuff_min_area``)."""
+
+    peak_radius: int = 2
+    min_votes: int = 3
+    max_distance: float = 5.0
+    min_instance_pixels: int = 20
+    stuff_min_area: int = 64
+
+    def validate(self, where: str) -> None:
+        _require(self.peak_radius >= 0, where, "peak_radius", self.peak_radius, "an integer >= 0")
+        _require(self.min_votes >= 1, where, "min_votes", self.min_votes, "an integer >= 1")
+        _require(self.max_distance > 0, where, "max_distance", self.max_distance, "a number of cells > 0")
+        _require(self.min_instance_pixels >= 1, where, "min_instance_pixels", self.min_instance_pixels,
+                 "an integer >= 1")
+        _require(self.stuff_min_area >= 0, where, "stuff_min_area", self.stuff_min_area, "an integer >= 0")
+
+    def bandwidths_for(self, thing_ids) -> dict[int, float]:
+        return {}  # no mean shift, nothing to tune per class
+
+    def with_node_filters(self, bandwidths: dict[int, float], min_instance_pixels: int,
+                          stuff_min_area: int) -> "DCMEPostprocessConfig":
+        return _voting_node_filters(self, "dcme", bandwidths, min_instance_pixels, stuff_min_area)
+
+
+@dataclass
+class BridgingPostprocessConfig:
+    """PanoNet with ``instance_decoder: bridging`` (``predictor.postprocess_bridging``): ``decoders.decode_bridging``
+    (pixel boxes of the ``top_n`` class masks, NMS at ``iou_threshold``, region NMS at ``region_iou_threshold``),
+    instances of at least ``min_instance_pixels`` cells at 1/4 resolution, then the panoptic merge as for
+    embeddings (``stuff_min_area``)."""
+
+    top_n: int = 1
+    iou_threshold: float = 0.5
+    region_iou_threshold: float = 0.5
+    min_instance_pixels: int = 20
+    stuff_min_area: int = 64
+
+    def validate(self, where: str) -> None:
+        _require(self.top_n >= 1, where, "top_n", self.top_n, "an integer >= 1")
+        for key in ("iou_threshold", "region_iou_threshold"):
+            _require(0 <= getattr(self, key) < 1, where, key, getattr(self, key), "an IoU in [0, 1)")
+        _require(self.min_instance_pixels >= 1, where, "min_instance_pixels", self.min_instance_pixels,
+                 "an integer >= 1")
+        _require(self.stuff_min_area >= 0, where, "stuff_min_area", self.stuff_min_area, "an integer >= 0")
+
+    def bandwidths_for(self, thing_ids) -> dict[int, float]:
+        return {}  # no mean shift, nothing to tune per class
+
+    def with_node_filters(self, bandwidths: dict[int, float], min_instance_pixels: int,
+                          stuff_min_area: int) -> "BridgingPostprocessConfig":
+        return _voting_node_filters(self, "bridging", bandwidths, min_instance_pixels, stuff_min_area)
 
 
 MERGES = ("panoptic_fpn", "fusion")
@@ -254,6 +364,25 @@ class DetectionPostprocessConfig:
 #: Per architecture (a model family): its model config and its post-processing config.
 MODEL_CONFIGS = {"panonet": ModelConfig, "panoptic_fpn": PanopticFPNConfig}
 POSTPROCESS_CONFIGS = {"panonet": PostprocessConfig, "panoptic_fpn": DetectionPostprocessConfig}
+#: PanoNet's post-processing config per ``model.instance_decoder``.
+DECODER_POSTPROCESS_CONFIGS = {"embedding": PostprocessConfig, "dcme": DCMEPostprocessConfig,
+                               "bridging": BridgingPostprocessConfig}
+#: Training settings (``TrainConfig``) of one instance decoder, rejected with another (they would do nothing).
+DECODER_TRAIN_KEYS = {"dcme": ("dcme_amplitude",),
+                      "bridging": ("bridging_bootstrap_threshold", "bridging_bootstrap_min_kept")}
+
+
+def postprocess_class(model: "ModelConfig | PanopticFPNConfig | str", where: str = "model") -> type:
+    """The post-processing config class of a model config: its family's (``POSTPROCESS_CONFIGS``), for PanoNet
+    its instance decoder's (``DECODER_POSTPROCESS_CONFIGS``). A bare architecture name means its default
+    decoder."""
+    if isinstance(model, str):
+        model = MODEL_CONFIGS[model]()
+    if isinstance(model, ModelConfig):
+        _require(model.instance_decoder in DECODER_POSTPROCESS_CONFIGS, where, "instance_decoder",
+                 model.instance_decoder, f"one of {INSTANCE_DECODERS}")
+        return DECODER_POSTPROCESS_CONFIGS[model.instance_decoder]
+    return POSTPROCESS_CONFIGS[model.architecture]
 
 
 @dataclass
@@ -264,19 +393,32 @@ class ExperimentConfig:
     model: ModelConfig | PanopticFPNConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    postprocess: PostprocessConfig | DetectionPostprocessConfig = field(default_factory=PostprocessConfig)
+    postprocess: (PostprocessConfig | DCMEPostprocessConfig | BridgingPostprocessConfig
+                  | DetectionPostprocessConfig) = field(default_factory=PostprocessConfig)
 
     def validate(self) -> "ExperimentConfig":
         for name in ("model", "data", "train", "postprocess"):
             getattr(self, name).validate(name)
         architecture = self.model.architecture
-        _require(isinstance(self.postprocess, POSTPROCESS_CONFIGS[architecture]), "postprocess", "type",
-                 type(self.postprocess).__name__, f"{POSTPROCESS_CONFIGS[architecture].__name__} for {architecture}")
+        expected = postprocess_class(self.model)
+        _require(isinstance(self.postprocess, expected), "postprocess", "type", type(self.postprocess).__name__,
+                 f"{expected.__name__} for {architecture}")
+        decoder = getattr(self.model, "instance_decoder", None)
+        defaults = TrainConfig()
+        for owner, keys in DECODER_TRAIN_KEYS.items():
+            for key in keys:
+                _require(owner == decoder or getattr(self.train, key) == getattr(defaults, key), "train", key,
+                         getattr(self.train, key), f"its default {getattr(defaults, key)!r}: it is the {owner} "
+                         f"decoder's setting and the model's instance decoder is {decoder or architecture}")
         if architecture == "panonet":
             _require(0 <= self.train.coordinate_epoch <= self.train.epochs, "train", "coordinate_epoch",
                      self.train.coordinate_epoch, f"an integer in [0, epochs={self.train.epochs}]")
             _require(self.train.stage == "full", "train", "stage", self.train.stage,
                      "full for panonet (its stages are train.semantic_only and --init)")
+            if decoder == "bridging":
+                _require(tuple(self.model.thing_classes) == TABLES[self.data.dataset].thing_ids, "model",
+                         "thing_classes", self.model.thing_classes,
+                         f"the {self.data.dataset} thing classes {TABLES[self.data.dataset].thing_ids}")
         else:
             _require(min(self.data.crop) >= 64, "data", "crop", self.data.crop,
                      "[height, width], each >= 64 for panoptic_fpn (2 x 2 cells of P5)")
@@ -357,9 +499,11 @@ def model_config_from_dict(data: dict, where: str = "model") -> ModelConfig | Pa
     return _coerce(MODEL_CONFIGS[architecture], data, where)
 
 
-def postprocess_config_from_dict(data: dict, architecture: str, where: str = "postprocess"):
-    """The post-processing config of ``architecture``'s family."""
-    return _coerce(POSTPROCESS_CONFIGS[architecture], data, where)
+def postprocess_config_from_dict(data: dict, model: "ModelConfig | PanopticFPNConfig | str",
+                                 where: str = "postprocess"):
+    """The post-processing config of a model config (``postprocess_class``: its family's, for PanoNet its instance
+    decoder's), or of an architecture name with its default decoder."""
+    return _coerce(postprocess_class(model), data, where)
 
 
 def config_from_dict(data: dict, where: str = "config") -> ExperimentConfig:
@@ -367,8 +511,7 @@ def config_from_dict(data: dict, where: str = "config") -> ExperimentConfig:
         raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
     data = dict(data)
     model = model_config_from_dict(data.pop("model", None) or {}, f"{where}.model")
-    postprocess = postprocess_config_from_dict(data.pop("postprocess", None) or {}, model.architecture,
-                                               f"{where}.postprocess")
+    postprocess = postprocess_config_from_dict(data.pop("postprocess", None) or {}, model, f"{where}.postprocess")
     config = _coerce(ExperimentConfig, data, where)
     config.model, config.postprocess = model, postprocess
     return config.validate()

@@ -1,7 +1,8 @@
 """The one inference path (STYLE 7): preprocess -> network -> the post-processor of the network's family, no ROS.
 
-A model family (``FAMILIES``, keyed by architecture) is a mode and its post-processor: ``panonet`` (fast: class-wise
-mean-shift, then the panoptic merge) and ``panoptic_fpn`` (accuracy: Panoptic-FPN-IMP's semantic logits and
+A model family (``FAMILIES``, keyed by architecture) is a mode and its post-processor: ``panonet`` (fast: the
+instances of its ``instance_decoder``, by class-wise mean-shift of embeddings, DCME vote grouping or Bridging box
+voting, then the panoptic merge) and ``panoptic_fpn`` (accuracy: Panoptic-FPN-IMP's semantic logits and
 detections, masks pasted, then Panoptic FPN's merge or the fusion scheme). Both produce the same ``Prediction``;
 the node, the bag evaluator, the benchmarks and the CLI call the Predictor and never look at the family, so all
 of them measure the same code in either mode.
@@ -9,6 +10,7 @@ of them measure the same code in either mode.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -23,11 +25,13 @@ from torch import Tensor, nn
 
 from .checkpoint import load_model, read_weights
 from .classes import TABLES, ClassTable
-from .config import DetectionPostprocessConfig, PostprocessConfig
+from .config import BridgingPostprocessConfig, DCMEPostprocessConfig, DetectionPostprocessConfig, PostprocessConfig
+from .decoders import decode_bridging, decode_dcme
 from .backends import Networks
 from .models import ARCHITECTURES
 from .panoptic_merge import merge_detections
-from .postprocess import VOID_ID, Segment, assign_thing_pixels, cluster_instances, coarse_cell_index, merge_panoptic
+from .postprocess import (VOID_ID, InstanceMap, Segment, assign_thing_pixels, cluster_instances, coarse_cell_index,
+                          merge_panoptic)
 from .transforms import normalize_image
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "panonet_camvid.safetensors"
@@ -170,14 +174,58 @@ def postprocess_panonet(raw: NetworkOutput, table: ClassTable, config: Postproce
     logits, embedding = raw.outputs["semantic"], raw.outputs["embedding"]
     timings = dict(raw.timings)
     clock = time.perf_counter()
-    height, width = raw.size
     probs = logits.softmax(0)
     confidence, coarse_semantic = probs.max(0)
     inst = cluster_instances(embedding, coarse_semantic, config.bandwidths_for(table.thing_ids),
                              config.min_instance_pixels)
     scores = instance_scores(inst.ids, confidence, len(inst.classes))
     clock = lap(timings, "clustering", clock, logits.device)
+    return merge_instances(raw, table, inst, scores, confidence, config, timings, clock)
 
+
+def postprocess_dcme(raw: NetworkOutput, table: ClassTable, config: DCMEPostprocessConfig) -> Prediction:
+    """PanoNet with the DCME decoder: the [2, h, w] centre-of-mass vectors (``embedding``) of the argmax thing
+    pixels vote for centres and the votes are grouped (``decoders.decode_dcme``, DCME paper Sec. III-IV; the
+    instance's class is its pixels' majority semantic class, the departure its docstring explains), scored by
+    their pixels' mean class confidence as for embeddings, then the same merge as ``postprocess_panonet``.
+    Stages ``clustering`` (the grouping) and ``merge``."""
+    logits = raw.outputs["semantic"]
+    timings = dict(raw.timings)
+    clock = time.perf_counter()
+    confidence, coarse_semantic = logits.softmax(0).max(0)
+    inst = decode_dcme(raw.outputs["embedding"], coarse_semantic, table.thing_ids, peak_radius=config.peak_radius,
+                       min_votes=config.min_votes, max_distance=config.max_distance,
+                       min_pixels=config.min_instance_pixels)
+    scores = instance_scores(inst.ids, confidence, len(inst.classes))
+    clock = lap(timings, "clustering", clock, logits.device)
+    return merge_instances(raw, table, inst, scores, confidence, config, timings, clock)
+
+
+def postprocess_bridging(raw: NetworkOutput, table: ClassTable, config: BridgingPostprocessConfig) -> Prediction:
+    """PanoNet with the Bridging decoder: every pixel of a thing class's mask votes the box its [4 T, h, w]
+    regression (``embedding``) gives, NMS over the pixel boxes, each kept pixel with those it suppressed is one
+    instance scored by its pixels' mean semantic score, then region NMS (``decoders.decode_bridging``, Bridging
+    paper Sec. 2.1); then the same merge as ``postprocess_panonet``. Stages ``clustering`` (the voting) and
+    ``merge``."""
+    logits = raw.outputs["semantic"]
+    timings = dict(raw.timings)
+    clock = time.perf_counter()
+    probs = logits.softmax(0)
+    inst = decode_bridging(raw.outputs["embedding"], probs, table.thing_ids, top_n=config.top_n,
+                           iou_threshold=config.iou_threshold, region_iou_threshold=config.region_iou_threshold,
+                           min_pixels=config.min_instance_pixels)
+    clock = lap(timings, "clustering", clock, logits.device)
+    return merge_instances(raw, table, inst, inst.scores.tolist(), probs.max(0).values, config, timings, clock)
+
+
+def merge_instances(raw: NetworkOutput, table: ClassTable, inst: InstanceMap, scores: list[float],
+                    confidence: Tensor, config, timings: dict[str, float], clock: float) -> Prediction:
+    """What every PanoNet decoder's post-processor ends with: the 1/4-resolution instances ``inst`` (ids [h, w],
+    classes [K]) with their ``scores`` [K] and the per-cell class ``confidence`` [h, w], merged at the input
+    resolution: semantic labels, every thing pixel in an instance of its class (``assign_thing_pixels``), the
+    panoptic merge (``config.min_instance_pixels``, ``config.stuff_min_area``). Stage ``merge``."""
+    logits = raw.outputs["semantic"]
+    height, width = raw.size
     semantic = upsample_argmax(logits, (height, width))
     h, w = inst.ids.shape
     cell_pixels = height * width / (h * w)
@@ -232,11 +280,25 @@ class Family:
     postprocess: Callable[[NetworkOutput, ClassTable, Any], Prediction]
     exportable: bool
     cpu_precisions: tuple[str, ...] = tuple(PRECISIONS)
+    #: (instance decoder, its post-processor) pairs of a family with several (PanoNet's ``instance_decoder``)
+    decoders: tuple[tuple[str, Callable[[NetworkOutput, ClassTable, Any], Prediction]], ...] = ()
 
+    def of(self, model: nn.Module) -> "Family":
+        """The family as ``model`` needs it: with the post-processor of its instance decoder, where the family has
+        several (a network that names none has the first, the default)."""
+        if not self.decoders:
+            return self
+        decoder = getattr(model, "instance_decoder", self.decoders[0][0])
+        return dataclasses.replace(self, postprocess=dict(self.decoders)[decoder])
+
+
+#: PanoNet's post-processor per instance decoder (``model.instance_decoder``, which its weights file records).
+PANONET_DECODERS = (("embedding", postprocess_panonet), ("dcme", postprocess_dcme),
+                    ("bridging", postprocess_bridging))
 
 #: Per architecture (``models.ARCHITECTURES``, a weights file's ``model.architecture``).
 FAMILIES = {
-    "panonet": Family("fast", postprocess_panonet, exportable=True),
+    "panonet": Family("fast", postprocess_panonet, exportable=True, decoders=PANONET_DECODERS),
     # torchvision's RPN, NMS and RoI heads make data-dependent shapes: no single exported graph (eager only).
     # torchvision's CPU NMS has no fp16 / bf16 kernel: fp32 on the CPU, any precision on CUDA.
     "panoptic_fpn": Family("accuracy", postprocess_panoptic_fpn, exportable=False, cpu_precisions=("fp32",)),
@@ -249,10 +311,10 @@ def mode_of_weights(path: str | Path) -> str:
 
 
 def family_of(model: nn.Module) -> tuple[str, Family]:
-    """The architecture name and family of a network instance."""
+    """The architecture name and family of a network instance (with its instance decoder's post-processor)."""
     for name, cls in ARCHITECTURES.items():
         if isinstance(model, cls):
-            return name, FAMILIES[name]
+            return name, FAMILIES[name].of(model)
     raise ValueError(f"{type(model).__name__} is not one of the architectures {sorted(ARCHITECTURES)}")
 
 
@@ -303,6 +365,11 @@ class Predictor:
     def mode(self) -> str:
         """``fast`` or ``accuracy``: the mode of the network's family."""
         return self.family.mode
+
+    @property
+    def instance_decoder(self) -> str:
+        """PanoNet's instance decoder (``embedding``, ``dcme``, ``bridging``); ``""`` for a family without one."""
+        return getattr(self.model, "instance_decoder", "")
 
     @property
     def backend(self) -> str:
