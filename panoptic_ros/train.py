@@ -10,6 +10,12 @@ schedule of Sec. III-C:
    coordinates before ``train.coordinate_epoch`` and with them from there on, and the learning-rate schedule
    restarts at that switch.
 
+The instance loss follows ``model.instance_decoder`` (``INSTANCE_LOSSES``, issue #13): the discriminative loss for
+``embedding``, DCME's clipped-gradient MSE (``decoders.dcme_cascade_loss``) for ``dcme``, Bridging's weighted,
+bootstrapped smooth-L1 box regression (``decoders.bridging_cascade_loss``) for ``bridging``; all with PanoNet's
+cascade weights. Stage 1's semantic-only weights start any of them with ``--init`` (the decoder is
+re-initialised either way).
+
 Optional: online bootstrapping of hard pixels in the cross-entropy (Bridging paper Eq. 1), bf16 autocast and
 channels_last (``train.precision``, ``train.channels_last``). Validation always runs in fp32.
 
@@ -45,8 +51,9 @@ from torch.utils.data import DataLoader, DistributedSampler, default_collate
 from tqdm import tqdm
 
 from .checkpoint import load_model, save_weights
-from .config import STAGES, ExperimentConfig, load_config
+from .config import STAGES, ExperimentConfig, ModelConfig, load_config
 from .datasets import DATASETS
+from .decoders import bridging_cascade_loss, dcme_cascade_loss
 from .losses import cascade_cross_entropy, cascade_discriminative_loss
 from .metrics import SemanticIoU
 from .models import build_model
@@ -114,7 +121,8 @@ def forward_batch(model, batch: dict, cfg: ExperimentConfig) -> dict:
 
 
 def compute_losses(outputs: dict, batch: dict, cfg: ExperimentConfig, class_weights) -> dict[str, torch.Tensor]:
-    """Eq. 1 (with optional bootstrapping) and Eq. 6, in fp32 whatever precision the network ran in."""
+    """Eq. 1 (with optional bootstrapping) and the instance decoder's loss (``INSTANCE_LOSSES``: Eq. 6's cascade
+    discriminative loss for embeddings), in fp32 whatever precision the network ran in."""
     semantic = cascade_cross_entropy(
         [outputs["semantic"].float(), *(g.float() for g in outputs["semantic_guidance"])], batch["semantic"],
         ignore_index=IGNORE_LABEL, class_weights=class_weights,
@@ -122,13 +130,40 @@ def compute_losses(outputs: dict, batch: dict, cfg: ExperimentConfig, class_weig
     )
     if cfg.train.semantic_only:
         return {"total": semantic, "semantic": semantic}
-    instance = cascade_discriminative_loss(
-        [outputs["embedding"].float(), *(g.float() for g in outputs["embedding_guidance"])], batch["instances"],
-        ignore_index=NO_INSTANCE,
-    )
-    total = semantic + cfg.train.instance_weight * instance["total"]
-    return {"total": total, "semantic": semantic, "instance": instance["total"], "var": instance["var"],
-            "dist": instance["dist"], "reg": instance["reg"]}
+    cascade = [outputs["embedding"].float(), *(g.float() for g in outputs["embedding_guidance"])]
+    instance = INSTANCE_LOSSES[cfg.model.instance_decoder](cascade, batch, cfg)
+    total = semantic + cfg.train.instance_weight * instance["instance"]
+    return {"total": total, "semantic": semantic, **instance}
+
+
+def embedding_loss(cascade: list[torch.Tensor], batch: dict, cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """PanoNet's cascade discriminative loss (Eq. 2-6) on the embeddings, with its three terms."""
+    loss = cascade_discriminative_loss(cascade, batch["instances"], ignore_index=NO_INSTANCE)
+    return {"instance": loss["total"], "var": loss["var"], "dist": loss["dist"], "reg": loss["reg"]}
+
+
+def dcme_instance_loss(cascade: list[torch.Tensor], batch: dict, cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """DCME's MSE (DCME paper Eq. 4-5) with the clipped error gradient of Eq. 6 (``train.dcme_amplitude``) per
+    cascade scale (PanoNet Eq. 6's weights); pixels of void semantic label are left out, every other pixel
+    regresses its vector to its instance's centre of mass, (0, 0) outside instances."""
+    valid = batch["semantic"] != IGNORE_LABEL
+    return {"instance": dcme_cascade_loss(cascade, batch["instances"], valid, amplitude=cfg.train.dcme_amplitude,
+                                          ignore_index=NO_INSTANCE)}
+
+
+def bridging_instance_loss(cascade: list[torch.Tensor], batch: dict, cfg: ExperimentConfig) -> dict[str, torch.Tensor]:
+    """Bridging's size-weighted smooth-L1 box regression (Bridging paper Sec. 2.1) with IoU bootstrapping (Sec.
+    2.2: ``train.bridging_bootstrap_threshold``, ``train.bridging_bootstrap_min_kept``) per cascade scale (PanoNet
+    Eq. 6's weights), over the pixels of instances of ``model.thing_classes``."""
+    return {"instance": bridging_cascade_loss(
+        cascade, batch["instances"], batch["semantic"], cfg.model.thing_classes,
+        bootstrap_threshold=cfg.train.bridging_bootstrap_threshold,
+        bootstrap_min_kept=cfg.train.bridging_bootstrap_min_kept, ignore_index=NO_INSTANCE)}
+
+
+#: The instance branch's training loss per ``model.instance_decoder``: (cascade outputs, finest first; batch;
+#: config) -> {"instance": the loss, and any terms to log}.
+INSTANCE_LOSSES = {"embedding": embedding_loss, "dcme": dcme_instance_loss, "bridging": bridging_instance_loss}
 
 
 def panonet_losses(model, batch: dict, cfg: ExperimentConfig, class_weights, amp_dtype) -> dict[str, torch.Tensor]:
@@ -238,9 +273,19 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
     model = build_model(cfg.model.architecture, **(cfg.model.for_loading() if restored else cfg.model).kwargs())
     if init is not None:
         initial, init_cfg, _, init_info = load_model(init)
-        if init_cfg.for_loading() != cfg.model.for_loading():
+        # Semantic-only weights (Sec. III-C stage 1) start any instance decoder: theirs is re-initialised below.
+        any_decoder = (bool(init_info.get("semantic_only")) and not cfg.train.semantic_only
+                       and isinstance(init_cfg, ModelConfig) and isinstance(cfg.model, ModelConfig))
+        if any_decoder and init_cfg.without_instance_decoder() == cfg.model.without_instance_decoder():
+            model.load_state_dict({k: v for k, v in initial.state_dict().items()
+                                   if not k.startswith("embedding_decoder.")}, strict=False)
+            initial_keys = set(initial.state_dict())
+            if not all(k in initial_keys for k in model.state_dict() if not k.startswith("embedding_decoder.")):
+                raise ValueError(f"--init {init}: its parameters do not cover the experiment's network {cfg.model}")
+        elif init_cfg.for_loading() != cfg.model.for_loading():
             raise ValueError(f"--init {init}: its model config {init_cfg} differs from the experiment's {cfg.model}")
-        model.load_state_dict(initial.state_dict())
+        else:
+            model.load_state_dict(initial.state_dict())
         if init_info.get("stage") == "detector" and cfg.train.stage == "full" and main_process:
             print(f"full model (IMP in the graph) from the detector of {init} (IMP paper Sec. 3.3)")
         if init_info.get("semantic_only") and not cfg.train.semantic_only:
