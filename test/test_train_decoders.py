@@ -3,7 +3,9 @@ follows ``model.instance_decoder`` (PanoNet's discriminative loss, DCME's clippe
 a tiny CPU run on generated data lowers it, and the weights file it writes records the decoder and runs in the
 Predictor. Semantic-only weights (Sec. III-C stage 1) start any decoder."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch
 
 from panoptic_ros.checkpoint import load_model
 from panoptic_ros.classes import CAMVID
-from panoptic_ros.config import config_from_dict
+from panoptic_ros.config import DECODER_POSTPROCESS_CONFIGS, DECODER_TRAIN_KEYS, config_from_dict, load_config
 from panoptic_ros.decoders import bridging_cascade_loss, bridging_targets, dcme_cascade_loss
 from panoptic_ros.losses import cascade_cross_entropy, cascade_discriminative_loss
 from panoptic_ros.predictor import Predictor
@@ -19,6 +21,7 @@ from panoptic_ros.train import compute_losses, train
 from panoptic_ros.transforms import IGNORE_LABEL, NO_INSTANCE
 
 THINGS = list(CAMVID.thing_ids)
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 DECODER_MODEL = {"embedding": {}, "dcme": {"instance_decoder": "dcme"},
                  "bridging": {"instance_decoder": "bridging", "thing_classes": THINGS}}
 
@@ -154,3 +157,20 @@ def test_semantic_only_weights_start_another_decoder_but_other_weights_do_not(to
     train(config(toy_camvid, "embedding", epochs=1), tmp_path / "embedding")
     with pytest.raises(ValueError, match="its model config .* differs from the experiment's"):
         train(config(toy_camvid, "dcme", epochs=1), tmp_path / "bad", init=tmp_path / "embedding" / "weights.safetensors")
+
+
+@pytest.mark.parametrize("decoder", ["dcme", "bridging"])
+@pytest.mark.parametrize("stage", ["", "_finetune"], ids=["stage2", "stage3"])
+def test_each_decoders_recipe_is_the_shipped_recipe_with_only_the_decoder_changed(decoder, stage):
+    """Issue #13 item 5 compares the decoders at the same recipe and budget: network, data, schedule, losses and
+    the merge's filters are the embedding recipe's; only the decoder, its own settings and its decoding differ."""
+    mine = load_config(CONFIG_DIR / f"panonet_{decoder}_camvid{stage}.yaml")
+    base = load_config(CONFIG_DIR / f"panonet_camvid{stage}.yaml")
+    assert mine.model.instance_decoder == decoder and base.model.instance_decoder == "embedding"
+    assert mine.model.without_instance_decoder() == base.model.without_instance_decoder()
+    assert mine.data == base.data
+    own = {k: getattr(base.train, k) for k in DECODER_TRAIN_KEYS[decoder]}
+    assert dataclasses.replace(mine.train, **own) == base.train
+    assert type(mine.postprocess) is DECODER_POSTPROCESS_CONFIGS[decoder]
+    assert (mine.postprocess.min_instance_pixels, mine.postprocess.stuff_min_area) == (
+        base.postprocess.min_instance_pixels, base.postprocess.stuff_min_area)
