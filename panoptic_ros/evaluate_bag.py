@@ -56,7 +56,8 @@ from .backends import BACKENDS
 from .bags import BagError, BagReader, BagWriter, Frame
 from .classes import ClassTable
 from .datasets import DATASETS
-from .evaluation import EvaluationAccumulator, describe_commit, instance_scores, markdown, percentiles, write_report
+from .evaluation import (EvaluationAccumulator, decoder_of, describe_commit, instance_scores, markdown, percentiles,
+                         write_report)
 from .cityscapes_format import CityscapesPanopticWriter
 from .instances import instances_from_semantic
 from .make_bag import DEFAULT_LABEL_TOPIC, DEFAULT_TOPIC
@@ -319,7 +320,8 @@ def evaluate_bag(bag: Path, predictor: Predictor, out: Path, topic: str = DEFAUL
             stopped, failure = f"error: {type(error).__name__}: {error}", error
         report = evaluation.report(reader, stopped)
     report["run"] = {"bag": str(bag), "topic": topic, "ground truth": _describe_truth(gt, label_topics),
-                     "model": predictor.name, "mode": predictor.mode, "weights": str(weights or "(in memory)"),
+                     "model": predictor.name, "mode": predictor.mode, **decoder_of(predictor),
+                     "weights": str(weights or "(in memory)"),
                      "device": str(predictor.device),
                      "commit": describe_commit()}
     write_report(report, title(report), out, evaluation.accumulator.latency_ms)

@@ -118,12 +118,20 @@ def evaluate(predictor: Predictor, dataset, limit: int | None = None, accumulato
     return {**accumulator.metrics(), "latency_ms": accumulator.latency(), "device": str(predictor.device)}
 
 
+def decoder_of(predictor: Predictor) -> dict:
+    """``{"instance_decoder": ...}`` for a report's run record, where the model has one (PanoNet), else ``{}``."""
+    return {"instance_decoder": predictor.instance_decoder} if predictor.instance_decoder else {}
+
+
 def search_bandwidths(predictor: Predictor, dataset, candidates=DEFAULT_CANDIDATES, limit: int | None = None) -> dict:
     """PQ of each thing class for each candidate bandwidth; the network runs once per image and its outputs are
-    re-clustered per candidate. Class-wise clustering makes a class's PQ depend on its own bandwidth only. Fast
-    mode only: the accuracy mode has no clustering (``ValueError``)."""
+    re-clustered per candidate. Class-wise clustering makes a class's PQ depend on its own bandwidth only. The
+    embedding decoder only: the accuracy mode and the DCME and Bridging decoders have no mean shift
+    (``ValueError``)."""
     if not predictor.bandwidths:
-        raise ValueError(f"{predictor.name} is a {predictor.mode}-mode model: it has no mean-shift bandwidths to search")
+        kind = f"{predictor.instance_decoder} decoder" if predictor.instance_decoder else f"{predictor.mode}-mode model"
+        raise ValueError(f"{predictor.name} is a {kind}: it has no mean-shift bandwidths to search (only the "
+                         f"embedding decoder clusters by mean shift)")
     cached = [(predictor.run_network(rgb), gt) for rgb, _, gt in
               tqdm(samples(dataset, limit), total=min(len(dataset), limit or len(dataset)), desc="network")]
     things = dataset.table.thing_ids
@@ -287,7 +295,8 @@ def main() -> None:
         accumulator = EvaluationAccumulator(dataset.table)
         report = {"weights": str(opts.weights), "dataset": opts.dataset, "split": opts.split,
                   **evaluate(predictor, dataset, opts.limit, accumulator),
-                  "run": {"model": predictor.name, "mode": predictor.mode, "weights": str(opts.weights),
+                  "run": {"model": predictor.name, "mode": predictor.mode, **decoder_of(predictor),
+                          "weights": str(opts.weights),
                           "device": str(predictor.device),
                           "backend": predictor.backend,
                           "commit": describe_commit(), "dataset": f"{opts.dataset} {opts.split} ({opts.root})"}}
