@@ -359,3 +359,26 @@ def test_merge_class_id_ranges_at_the_edges():
     with pytest.raises(ValueError, match="instances must hold -1 or an index"):
         merge_panoptic(one, one - 2, [1], table)
     assert merge_panoptic(one, one, [1], table).panoptic.tolist() == [[1000]]
+
+
+@pytest.mark.parametrize("rows, integral", [
+    (torch.randint(-20, 21, (3000, 12), generator=torch.Generator().manual_seed(0)).double(), True),  # 41^12 > 2^53
+    (torch.randint(0, 2, (500, 40), generator=torch.Generator().manual_seed(1)).double(), True),
+    (torch.zeros(2, 12).index_put_((torch.tensor([1]), torch.tensor([7])), torch.tensor(63.0)), True),  # 64^12 wraps
+    (torch.tensor([[0.0, 1e17], [3e17, 0.0], [0.0, 1e17], [2.0, 5.0]]), True),  # span > 2^52: ranked first
+    (torch.randint(0, 3, (2000, 12), generator=torch.Generator().manual_seed(2)).double() * 0.1, False),
+    (torch.tensor([[0.0, -0.0], [-0.0, 0.0], [1.0, 2.0]]), False),
+])
+def test_unique_rows_groups_exactly_equal_rows_and_finds_their_first(rows, integral):
+    """``_unique_rows`` (seeds from grid cells, merging equal means) against torch.unique(dim=0): rows with 40 columns
+    need several int64 blocks, and combining those re-ranks before int64 wraps (the two rows of the 64^12 case would
+    collide), values beyond 2^52 need ranks; -0.0 equals 0.0."""
+    inverse, first = postprocess._unique_rows(rows, integral=integral)
+    _, expected = torch.unique(rows + 0.0, dim=0, return_inverse=True)
+    # the same partition: equal group exactly where torch.unique's are equal
+    pairs = torch.unique(torch.stack([inverse, expected], 1), dim=0)
+    assert len(pairs) == len(torch.unique(inverse)) == len(torch.unique(expected))
+    assert sorted(torch.unique(inverse).tolist()) == list(range(len(first)))
+    arange = torch.arange(len(rows))
+    # first[g] is the first row of group g
+    assert torch.equal(first, torch.stack([arange[inverse == g].min() for g in range(len(first))]))
