@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from panoptic_ros.backends import onnxruntime_available
 from panoptic_ros.checkpoint import read_weights, save_weights
 from panoptic_ros.classes import CAMVID
 from panoptic_ros.config import (BridgingPostprocessConfig, ConfigError, DCMEPostprocessConfig, ModelConfig,
@@ -218,3 +219,22 @@ def test_old_configs_without_the_key_build_the_embedding_model():
     cfg = config_from_dict({"model": {"num_classes": 11}})
     assert cfg.model == ModelConfig(num_classes=11) and cfg.model.instance_decoder == "embedding"
     assert type(cfg.postprocess) is PostprocessConfig
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime not installed")
+def test_the_onnxruntime_backend_exports_every_decoder_and_agrees_with_eager(saved, tmp_path):
+    """The instance output keeps the key ``embedding`` whatever the decoder, so the exported graph carries the
+    DCME vectors or Bridging boxes and the decoder's post-processor reads them as in eager mode."""
+    decoder, path = saved
+    if decoder == "embedding":
+        pytest.skip("the embedding decoder's export is test_backends.py's")
+    rgb = np.random.default_rng(1).integers(0, 256, (72, 96, 3), np.uint8)
+    eager = Predictor.from_weights(path, device="cpu")
+    exported = Predictor.from_weights(path, device="cpu", backend="onnxruntime", cache_dir=tmp_path)
+    raw_eager, raw_exported = eager.run_network(rgb), exported.run_network(rgb)
+    assert exported.backend == "onnxruntime"
+    assert raw_exported.outputs["embedding"].shape == raw_eager.outputs["embedding"].shape == (
+        {"dcme": 2, "bridging": 4 * 3}[decoder], 18, 24)
+    torch.testing.assert_close(raw_exported.outputs["embedding"], raw_eager.outputs["embedding"], atol=1e-4, rtol=1e-4)
+    a, b = eager(rgb), exported(rgb)
+    assert [(s.id, s.area) for s in a.segments] == [(s.id, s.area) for s in b.segments]
