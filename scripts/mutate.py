@@ -44,7 +44,7 @@ MODULES = {
     "runtime": ("panoptic_ros/runtime.py", ["panoptic_ros.runtime.*"], ["test/test_runtime.py"], []),
     "bags": ("panoptic_ros/bags.py", ["panoptic_ros.bags.*"], ["test/test_bags.py"], []),
     "conversions": ("panoptic_ros/ros/conversions.py", ["panoptic_ros.ros.conversions.*"],
-                    ["test/ros/test_messages.py", "test/ros/test_node_outputs.py"], []),
+                    ["test/ros/test_messages.py", "test/ros/test_node_outputs.py", "test/ros/test_conversions.py"], []),
     # the node's output encoding; the ONNX Runtime test (40 s, it exports a network) adds nothing to it
     "node": ("panoptic_ros/ros/panoptic_node.py", ["panoptic_ros.ros.panoptic_node.xǁPanopticNodeǁ_publish__mutmut_*"],
              ["test/ros/test_node_outputs.py", "test/ros/test_panoptic_node.py"],
