@@ -513,7 +513,9 @@ def merge_panoptic(semantic: Tensor, instances: Tensor, instance_classes, table:
     numbering the instances of class c that have pixels in increasing instance index; a stuff class c is ``c``;
     everything else is ``VOID_ID``: pixels of a thing class not in an instance, pixels labelled ``ignore_id`` (the
     table's by default) or any id outside the table, and stuff regions smaller than ``stuff_min_area`` pixels.
-    Instance pixels take their instance's class whatever ``semantic`` says there.
+    Instance pixels take their instance's class whatever ``semantic`` says there. A class with more than
+    ``INSTANCE_OFFSET`` instances (ids have room for no more) keeps its best by score, then area; the pixels of the
+    others become void.
 
     Args:
         semantic: [H, W] integer class ids.
@@ -569,11 +571,17 @@ def merge_panoptic(semantic: Tensor, instances: Tensor, instance_classes, table:
     score_of: dict[int, float] = {}
     if n_inst:
         present = area[n_cls:void_code] > 0
-        # k of instance i: how many present instances of its class come before it.
-        same = (classes[:, None] == classes[None, :]) & present[None, :]
-        k = torch.tril(same, diagonal=-1).sum(1)
-        if bool((k[present] >= INSTANCE_OFFSET).any()):
-            raise ValueError(f"more than {INSTANCE_OFFSET} instances of one class")
+        # Ids have room for INSTANCE_OFFSET instances per class: beyond that (an untrained or broken model), the
+        # class keeps its best ones by score, then area, and the others' pixels become void.
+        best = _rank_in_class(classes, present, [-scores.to(device), -area[n_cls:void_code].double()])
+        dropped = present & (best >= INSTANCE_OFFSET)
+        if bool(dropped.any()):
+            drop_code = torch.zeros(n_codes, dtype=torch.bool, device=device)
+            drop_code[n_cls:void_code] = dropped
+            code = torch.where(drop_code[code], void_code, code)
+            area = torch.bincount(code.flatten(), minlength=n_codes)
+            present = present & ~dropped
+        k = _rank_in_class(classes, present, [])  # how many present instances of its class come before it
         inst_id = classes * INSTANCE_OFFSET + k
         lut[n_cls:void_code] = inst_id
         score_of = {int(i): float(s) for i, s in zip(inst_id[present].tolist(), scores[present.cpu()].tolist())}
@@ -584,6 +592,22 @@ def merge_panoptic(semantic: Tensor, instances: Tensor, instance_classes, table:
     index_of_code = torch.zeros(n_codes, dtype=torch.int16, device=device)  # written once, in its final dtype
     index_of_code[codes.to(device)] = torch.arange(1, len(codes) + 1, dtype=torch.int16, device=device)
     return PanopticResult(panoptic, segments, index_of_code[code])
+
+
+def _rank_in_class(classes: Tensor, present: Tensor, keys: list[Tensor]) -> Tensor:
+    """[K] position of each present instance among the present instances of its class, ordered by ``keys`` (each
+    [K], ascending, the first most significant), then by index; absent instances rank after every present one."""
+    n = len(classes)
+    order = torch.arange(n, device=classes.device)
+    group = torch.where(present, classes, int(classes.max()) + 1)  # absent instances: a group of their own
+    for key in [*reversed(keys), group]:  # least significant first, each sort stable
+        order = order[torch.sort(key[order], stable=True).indices]
+    sorted_group = group[order]
+    position = torch.arange(n, device=classes.device)
+    first = torch.full((int(group.max()) + 1,), n, dtype=torch.int64, device=classes.device).scatter_reduce_(
+        0, sorted_group, position, "amin")
+    rank = torch.empty_like(position).scatter_(0, order, position - first[sorted_group])
+    return torch.where(present, rank, n)
 
 
 def _segments(code: Tensor, area: Tensor, lut: Tensor, table: ClassTable,

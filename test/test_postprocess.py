@@ -382,3 +382,28 @@ def test_unique_rows_groups_exactly_equal_rows_and_finds_their_first(rows, integ
     arange = torch.arange(len(rows))
     # first[g] is the first row of group g
     assert torch.equal(first, torch.stack([arange[inverse == g].min() for g in range(len(first))]))
+
+
+def test_a_class_with_more_instances_than_ids_keeps_its_best_by_score_then_area():
+    """1003 cars, one more pedestrian: ids hold 1000 instances per class, so the three worst cars (lowest score;
+    of two equal scores, the smaller) become void instead of failing the frame; the kept cars are numbered in
+    instance order, and the pedestrian is untouched."""
+    n = 1003
+    instances = torch.arange(n + 1).reshape(1, -1).repeat(2, 1)  # instance i: column i, 2 pixels
+    instances[1, 5] = 6  # instance 5 has 1 pixel, instance 6 has 3
+    semantic = torch.full(instances.shape, 8)
+    semantic[:, n] = 9
+    classes = [8] * n + [9]
+    scores = torch.ones(n + 1)
+    scores[[10, 20]] = 0.1  # the two worst by score
+    scores[[5, 6]] = 0.5  # equal scores: 5 (1 pixel) is dropped, 6 (3 pixels) kept
+    result = merge_panoptic(semantic, instances, classes, CAMVID, instance_scores=scores)
+    dropped = {5, 10, 20}
+    for i in dropped:
+        assert (result.panoptic[instances == i] == VOID_ID).all()
+    kept = [i for i in range(n) if i not in dropped]
+    assert [int(result.panoptic[instances == i][0]) for i in kept] == [8 * INSTANCE_OFFSET + k for k in range(1000)]
+    assert result.panoptic[0, n] == 9 * INSTANCE_OFFSET
+    cars = [s for s in result.segments if s.class_id == 8]
+    assert len(cars) == 1000 and min(s.score for s in cars) == 0.5
+    assert next(s for s in cars if s.id == 8 * INSTANCE_OFFSET + kept.index(6)).area == 3
