@@ -505,7 +505,8 @@ def segment_map_from_ids(panoptic: np.ndarray, segment_ids: Sequence[int]) -> np
 
 
 def merge_panoptic(semantic: Tensor, instances: Tensor, instance_classes, table: ClassTable, *,
-                   stuff_min_area: int = 0, instance_scores=None, ignore_id: int | None = None) -> PanopticResult:
+                   stuff_min_area: int = 0, instance_scores=None, ignore_id: int | None = None,
+                   segment_map_out: Tensor | None = None) -> PanopticResult:
     """Panoptic id map and segments from a semantic map and an instance map (detectron2's
     ``combine_semantic_and_instance_outputs`` with PanoNet's non-overlapping instances).
 
@@ -523,6 +524,8 @@ def merge_panoptic(semantic: Tensor, instances: Tensor, instance_classes, table:
         instance_classes: [K] class id of each instance (sequence or tensor); must be thing classes.
         table: class table of the model; its thing class ids must be >= 1 (so thing ids never equal stuff ids).
         instance_scores: optional [K] confidence of each instance; segments without one get 1.0.
+        segment_map_out: optional int16 [H, W] tensor on ``semantic``'s device that the segment map is written
+            into (and returned as).
     Returns:
         ``PanopticResult`` with ``panoptic`` on the device of ``semantic``.
     """
@@ -591,7 +594,13 @@ def merge_panoptic(semantic: Tensor, instances: Tensor, instance_classes, table:
         raise ValueError(f"{len(segments)} segments: at most {MAX_SEGMENTS} fit a 16-bit segment map")
     index_of_code = torch.zeros(n_codes, dtype=torch.int16, device=device)  # written once, in its final dtype
     index_of_code[codes.to(device)] = torch.arange(1, len(codes) + 1, dtype=torch.int16, device=device)
-    return PanopticResult(panoptic, segments, index_of_code[code])
+    if segment_map_out is None:
+        return PanopticResult(panoptic, segments, index_of_code[code])
+    if segment_map_out.shape != code.shape or segment_map_out.dtype != torch.int16:
+        raise ValueError(f"segment_map_out must be int16 {tuple(code.shape)}, got {segment_map_out.dtype} "
+                         f"{tuple(segment_map_out.shape)}")
+    torch.index_select(index_of_code, 0, code.flatten(), out=segment_map_out.view(-1))
+    return PanopticResult(panoptic, segments, segment_map_out)
 
 
 def _rank_in_class(classes: Tensor, present: Tensor, keys: list[Tensor]) -> Tensor:

@@ -57,17 +57,49 @@ class Prediction:
 
 
 @dataclass
+class OutputBuffers:
+    """CPU tensors [H, W] at the input's resolution that a post-processor writes its final maps into instead of
+    new tensors (the node passes views of its reused message buffers, so each output is written once, in its
+    final dtype): ``semantic`` in ``class_dtype`` of the table, ``segment_map`` int16. Either may be None; a buffer
+    whose device, dtype or shape does not fit is filled by one copy. The ``Prediction``'s fields are then these
+    tensors."""
+
+    semantic: Tensor | None = None
+    segment_map: Tensor | None = None
+
+
+def fitting(buffer: Tensor | None, device: torch.device, dtype: torch.dtype, shape) -> Tensor | None:
+    """``buffer`` if the maps can be computed into it directly (same device, dtype and shape), else None."""
+    if buffer is None or buffer.device != device or buffer.dtype != dtype or tuple(buffer.shape) != tuple(shape) \
+            or not buffer.is_contiguous():
+        return None
+    return buffer
+
+
+def to_output(tensor: Tensor, buffer: Tensor | None) -> Tensor:
+    """``tensor`` as the CPU result: ``buffer`` itself when ``tensor`` was computed into it, else copied into
+    ``buffer`` once (one device-to-host copy on CUDA), or ``tensor.cpu()`` without a buffer."""
+    if buffer is None:
+        return tensor.cpu()
+    if tensor.data_ptr() != buffer.data_ptr() or tensor.shape != buffer.shape or tensor.dtype != buffer.dtype:
+        buffer.copy_(tensor)
+    return buffer
+
+
+@dataclass
 class NetworkOutput:
     """Raw network output for one image: ``outputs``, the network's eval dict for this image (floating tensors in
     float32, on the device): PanoNet ``semantic`` [K, h, w] and ``embedding`` [E, h, w]; PanopticFPN ``semantic``
     [K, h, w] and ``detections`` (``boxes`` [n, 4] in network-input pixels, ``labels`` [n], ``scores`` [n],
     ``masks`` [n, 28, 28]); h, w = 1/4 of the network input, rounded up. ``size`` is the input image's (H, W),
-    ``network_size`` the network input's (after ``scale``), ``timings`` the stages so far."""
+    ``network_size`` the network input's (after ``scale``), ``timings`` the stages so far, ``out`` where the
+    post-processor writes its final maps (``OutputBuffers``; None: new tensors)."""
 
     outputs: dict[str, Any]
     size: tuple[int, int]
     network_size: tuple[int, int]
     timings: dict[str, float]
+    out: OutputBuffers | None = None
 
     @property
     def logits(self) -> Tensor:
@@ -102,9 +134,9 @@ def bilinear_sources(size: int, coarse: int, device=None) -> tuple[Tensor, Tenso
     return first, (first + 1).clamp_(max=coarse - 1), src - first
 
 
-def upsample_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
+def upsample_argmax(logits: Tensor, size: tuple[int, int], out: Tensor | None = None) -> Tensor:
     """[K, h, w] logits -> [H, W] class ids in ``class_dtype(K)``: the argmax over classes of the logits upsampled
-    bilinearly to ``size``.
+    bilinearly to ``size``, written into ``out`` if given (``fitting``: same device, dtype and shape).
 
     Where the (up to) four cells a pixel interpolates share their argmax class c, the pixel's logits are a convex
     combination of logit vectors that each peak at c, so they peak at c too: those pixels take c from the coarse
@@ -121,7 +153,7 @@ def upsample_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
     shared = torch.where((coarse == right) & (coarse == below) & (coarse == diagonal), coarse, mixed)
     y0, y1, wy = bilinear_sources(height, h, logits.device)
     x0, x1, wx = bilinear_sources(width, w, logits.device)
-    out = shared.index_select(0, y0).index_select(1, x0)
+    out = torch.index_select(shared.index_select(0, y0), 1, x0, out=out)
     ys, xs = torch.nonzero(out == mixed, as_tuple=True)
     if len(ys):
         a, b, c, d = y0[ys], y1[ys], x0[xs], x1[xs]
@@ -226,7 +258,9 @@ def merge_instances(raw: NetworkOutput, table: ClassTable, inst: InstanceMap, sc
     panoptic merge (``config.min_instance_pixels``, ``config.stuff_min_area``). Stage ``merge``."""
     logits = raw.outputs["semantic"]
     height, width = raw.size
-    semantic = upsample_argmax(logits, (height, width))
+    out = raw.out or OutputBuffers()
+    semantic = upsample_argmax(logits, (height, width),
+                               fitting(out.semantic, logits.device, class_dtype(len(logits)), (height, width)))
     h, w = inst.ids.shape
     cell_pixels = height * width / (h * w)
     ids, classes = assign_thing_pixels(semantic, inst.ids, inst.classes, table.thing_ids,
@@ -236,10 +270,11 @@ def merge_instances(raw: NetworkOutput, table: ClassTable, inst: InstanceMap, sc
         new = torch.where(ids >= len(scores), ids - len(scores), -1)
         scores = scores + instance_scores(new, cells, len(classes) - len(scores))
     result = merge_panoptic(semantic, ids, classes, table, stuff_min_area=config.stuff_min_area,
-                            instance_scores=scores)
+                            instance_scores=scores,
+                            segment_map_out=fitting(out.segment_map, logits.device, torch.int16, (height, width)))
     lap(timings, "merge", clock, logits.device)
-    return Prediction(semantic.cpu(), ids.cpu(), result.panoptic.cpu(), result.segments, result.segment_map.cpu(),
-                      timings)
+    return Prediction(to_output(semantic, out.semantic), ids.cpu(), result.panoptic.cpu(), result.segments,
+                      to_output(result.segment_map, out.segment_map), timings)
 
 
 def postprocess_panoptic_fpn(raw: NetworkOutput, table: ClassTable, config: DetectionPostprocessConfig) -> Prediction:
@@ -266,8 +301,9 @@ def postprocess_panoptic_fpn(raw: NetworkOutput, table: ClassTable, config: Dete
     if len(merged.classes):  # instance pixels take their instance's class, as ~/panoptic says (fusion does already)
         semantic = torch.where(ids >= 0, merged.classes[ids.clamp(min=0)], merged.semantic)
     lap(timings, "merge", clock, logits.device)
-    return Prediction(semantic.to(class_dtype(len(table))).cpu(), ids.cpu(), result.panoptic.cpu(), result.segments,
-                      result.segment_map.cpu(), timings)
+    out = raw.out or OutputBuffers()
+    return Prediction(to_output(semantic.to(class_dtype(len(table))), out.semantic), ids.cpu(), result.panoptic.cpu(),
+                      result.segments, to_output(result.segment_map, out.segment_map), timings)
 
 
 @dataclass(frozen=True)
@@ -391,9 +427,11 @@ class Predictor:
         """Mean-shift bandwidth per thing class (fast mode); empty for a family without clustering."""
         return self.postprocess.bandwidths_for(self.table.thing_ids)
 
-    def __call__(self, rgb: np.ndarray, scale: float | None = None) -> Prediction:
-        """rgb: uint8 [H, W, 3] image; ``scale`` overrides the configured one for this image."""
+    def __call__(self, rgb: np.ndarray, scale: float | None = None, out: OutputBuffers | None = None) -> Prediction:
+        """rgb: uint8 [H, W, 3] image; ``scale`` overrides the configured one for this image; ``out``: buffers the
+        final semantic and segment maps are written into (``OutputBuffers``)."""
         raw = self.run_network(rgb, scale)
+        raw.out = out
         return self.postprocess_output(raw)
 
     def to(self, device: str) -> "Predictor":

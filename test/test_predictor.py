@@ -218,3 +218,26 @@ def test_filter_prediction_keeps_things_exactly_at_the_thresholds():
     assert by_score.semantic is semantic and by_score.timings == {"model": 1.5}
     by_area = filter_prediction(prediction, min_area=2)
     assert [s.id for s in by_area.segments] == [3, 8000] and by_area.segment_map.tolist() == [[1, 2, 2, 0, 0]]
+
+
+def test_output_buffers_receive_the_final_maps_without_a_copy(predictor):
+    """``out``: the semantic and segment maps are computed into the given buffers (the node's message memory)
+    and returned as them, with the values of a run without buffers; a buffer of another dtype or shape gets one
+    copy instead, and merge_panoptic refuses a segment buffer it cannot write."""
+    from panoptic_ros.predictor import OutputBuffers
+
+    rgb = image()
+    plain = predictor(rgb)
+    semantic, segments = torch.full((90, 130), 77, dtype=torch.uint8), torch.full((90, 130), -5, dtype=torch.int16)
+    got = predictor(rgb, out=OutputBuffers(semantic, segments))
+    assert got.semantic.data_ptr() == semantic.data_ptr() and got.segment_map.data_ptr() == segments.data_ptr()
+    assert torch.equal(semantic, plain.semantic) and torch.equal(segments, plain.segment_map)
+    assert got.segments == plain.segments and torch.equal(got.panoptic, plain.panoptic)
+    wide = torch.zeros(90, 130, dtype=torch.int64)  # not the class dtype: filled by a copy
+    got = predictor(rgb, out=OutputBuffers(wide, None))
+    assert got.semantic is wide and torch.equal(wide, plain.semantic.long())
+    assert torch.equal(got.segment_map, plain.segment_map)
+    from panoptic_ros.postprocess import merge_panoptic
+
+    with pytest.raises(ValueError, match="segment_map_out must be int16"):
+        merge_panoptic(plain.semantic, torch.full((90, 130), -1), [], CAMVID, segment_map_out=torch.zeros(90, 130))

@@ -71,12 +71,14 @@ class ImageBuffer:
         return np.frombuffer(msg.data, np.dtype(dtype).newbyteorder("<")).reshape(shape)
 
     def fill(self, pixels: np.ndarray, header: Header) -> Image:
-        """:attr:`msg` holding a copy of ``pixels`` (the encoding's element type and channels)."""
+        """:attr:`msg` holding a copy of ``pixels`` (the encoding's element type and channels); no copy when
+        ``pixels`` is the buffer itself (written through :meth:`pixels`)."""
         view = self.pixels(header, *pixels.shape[:2])
         if pixels.shape != view.shape or pixels.dtype != view.dtype.newbyteorder("="):
             raise ImageError("size", f"{self.encoding} needs {view.dtype.name} {view.shape[2:] or ''} pixels, got "
                                      f"{pixels.dtype} {pixels.shape}")
-        np.copyto(view, pixels)
+        if not np.shares_memory(view, pixels):
+            np.copyto(view, pixels)
         return self.msg
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+import torch
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
@@ -44,7 +45,7 @@ from panoptic_ros.config import ConfigError
 from panoptic_ros.images import ImageError, rgb_to_compressed
 from panoptic_ros.msg import PanopticSegmentation
 from panoptic_ros.node_config import NodeConfig, flatten, is_runtime_parameter, node_config_from_parameters
-from panoptic_ros.predictor import SHIPPED_WEIGHTS, Predictor, filter_prediction
+from panoptic_ros.predictor import SHIPPED_WEIGHTS, OutputBuffers, Predictor, filter_prediction
 from panoptic_ros.runtime import (ERROR, OK, CameraStats, ErrorThrottle, FrameSlots, SequenceGaps, Status,
                                   camera_status)
 from panoptic_ros.visualize import render_panoptic
@@ -362,8 +363,13 @@ class PanopticNode(LifecycleNode):
             self._reject(camera, error.kind, str(error))
             return
         timings["decode"] = (time.perf_counter() - clock) * 1e3
+        header = Header(stamp=Time(sec=stamp[0], nanosec=stamp[1]), frame_id=frame_id)
+        # the prediction's final maps are written straight into the messages' reused buffers
+        buffers, (height, width) = camera.buffers, rgb.shape[:2]
+        out = OutputBuffers(torch.from_numpy(buffers["semantic"].pixels(header, height, width)),
+                            torch.from_numpy(buffers["segments"].pixels(header, height, width).view(np.int16)))
         try:
-            prediction = predictor(rgb, config.network_scale(rgb.shape[1]))
+            prediction = predictor(rgb, config.network_scale(rgb.shape[1]), out)
         except Exception as error:  # the model, not the frame: ERROR in diagnostics until a frame succeeds
             self._model_error = f"{type(error).__name__}: {error}"
             self._reject(camera, "model", f"{self._model_error}\n{traceback.format_exc()}")
@@ -372,7 +378,6 @@ class PanopticNode(LifecycleNode):
         prediction = filter_prediction(prediction, config.filter.score_threshold, config.filter.min_area)
         timings.update(prediction.timings)
         clock = time.perf_counter()
-        header = Header(stamp=Time(sec=stamp[0], nanosec=stamp[1]), frame_id=frame_id)
         self._publish(camera, header, rgb, prediction, received, config, timings)
         timings["publish"] = (time.perf_counter() - clock) * 1e3
         timings["total"] = (time.perf_counter() - received) * 1e3
