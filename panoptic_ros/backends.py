@@ -1,4 +1,5 @@
-"""Where the network runs: eager PyTorch, an exported artefact run by ONNX Runtime, or a TensorRT engine.
+"""Where the network runs: eager PyTorch, an AOTInductor package, an exported artefact run by ONNX Runtime, or a
+TensorRT engine.
 
 The ``backend`` setting of ``Predictor.from_weights`` (and of the node, ``predict`` and the benchmarks):
 
@@ -6,24 +7,60 @@ The ``backend`` setting of ``Predictor.from_weights`` (and of the node, ``predic
 - ``onnxruntime``: the network exported with ``torch.onnx.export`` (the dynamo exporter, over ``torch.export``) for
   one input shape, run by ONNX Runtime's CPU execution provider; fp32. Measured 2.4-2.8x faster than eager for the
   shipped PanoNet on the 2-core CPU (``benchmarks/panonet.py`` reports the side-by-side ratio).
+- ``compile``: torch.compile's inductor, ahead of time (AOTInductor): ``torch.export.export`` ->
+  ``torch._inductor.aoti_compile_and_package`` (a ``.pt2`` package of C++ / Triton kernels and the weights) ->
+  ``torch._inductor.aoti_load_package``, one static shape per network input size. An explicit, cached artefact as
+  the others, rather than ``torch.compile`` on the first frame, which would build silently (minutes) inside the
+  node. On CUDA: inductor's ``max_autotune``, and the loaded package captured in a CUDA graph and replayed
+  (AOTInductor itself never uses CUDA graphs: inductor turns ``triton.cudagraphs`` off when compiling ahead of
+  time); fp32, fp16 or bf16; written to the API but not run here (no GPU on this project's machines). On the CPU:
+  inductor's defaults, fp32 only (fp16 / bf16 are refused, as ``onnxruntime`` does: no native half precision on
+  this CPU). ``freezing`` measured the same (95.1 vs 96.1 ms at 480x360, 1 thread), ``cpp.simdlen`` was not tried.
+  Inductor writes torch's thread count into the package's OpenMP loops, so the key records it: a process with
+  another ``torch.get_num_threads()`` finds the artefact stale. A build takes 1-2.5 min for the shipped PanoNet on
+  the 2-core CPU.
 - ``tensorrt``: torch-tensorrt's dynamo frontend as documented (``torch.export.export`` ->
   ``torch_tensorrt.dynamo.compile`` -> ``torch_tensorrt.save``, loaded with ``torch.export.load``), one static shape
   per network input size, on CUDA, in the model's precision (fp16 or fp32). TensorRT cannot be installed on this
   project's machines (PyPI's ``tensorrt`` is a stub), so only its clear error is tested here.
-- ``auto``: a documented rule, not a probe: on the CPU, ``onnxruntime`` for fp32 when ONNX Runtime imports; on
-  CUDA, ``tensorrt`` when torch-tensorrt imports; else ``eager``. A network that does not export
-  (``exportable=False``: the accuracy mode's detector, whose RPN, NMS and RoI heads have data-dependent shapes)
-  always runs ``eager``; ``auto`` picks that, ``onnxruntime`` and ``tensorrt`` are refused with the reason.
+- ``auto``: a documented rule, not a probe, from the measurements below: on the CPU, for fp32, ``onnxruntime``
+  when ONNX Runtime imports, else ``compile`` when a C++ compiler is found, else ``eager`` (other precisions:
+  ``eager``); on CUDA, ``tensorrt`` when torch-tensorrt imports, else ``eager`` (``compile`` on CUDA is unmeasured:
+  no GPU here, so ``auto`` does not pick it). A network that does not export (``exportable=False``: the accuracy
+  mode's detector, whose RPN, NMS and RoI heads have data-dependent shapes) always runs ``eager``; ``auto`` picks
+  that, ``compile``, ``onnxruntime`` and ``tensorrt`` are refused with the reason.
 
 Artefacts are an explicit step (``python -m panoptic_ros.export``) and live in a cache directory next to a key
 (JSON): the digest of the weights, the backend and its version, the input shape, the precision and the device. A
 missing or stale artefact is rebuilt with a progress message, or refused with the command that builds it
 (``build_missing``). Every artefact is checked against eager on the embedded sample frame before it is written:
 the largest absolute logit difference is recorded, and the argmax must agree on at least 99.9% of the pixels.
+
+The CPU rule, measured (shipped PanoNet, network alone, the three side by side in one process, frames in turn,
+median of 15-25; AMD EPYC, 2 cores shared with a concurrent mutation-testing run, so absolute times are inflated;
+torch 2.14.1, onnxruntime 1.32.0):
+
+| threads, resolution | eager ms | onnxruntime ms (x eager) | compile ms (x eager) |
+| --- | --- | --- | --- |
+| 1, 480x360 | 143.5 / 103.0 | 74.9 (1.91x) / 45.3 (2.28x) | 96.1 (1.49x) / 59.7 (1.73x) |
+| 1, 1024x512 | 232.0 / 253.5 | 126.7 (1.83x) / 142.8 (1.77x) | 143.5 (1.62x) / 168.6 (1.50x) |
+| 2, 480x360 | 69.6 / 1740 | 36.9 (1.88x) / 60.2 (28.9x) | 34.2 (2.03x) / 916 (1.90x) |
+| 2, 1024x512 | 1816 / 1780 | 151.0 (12.0x) / 158.6 (11.2x) | 949 (1.91x) / 960 (1.86x) |
+
+(two runs, x / y). ONNX Runtime is first in all but one cell, and the only one of the three that holds up with 2
+threads while the other load takes the cores: torch's and inductor's OpenMP loops wait on a descheduled thread
+(6-29x slower than ONNX Runtime then), ONNX Runtime's own pool with spinning off does not. ``compile`` is
+1.5-2x eager everywhere, hence second. All three agree with eager on 100% of the argmax (logits within 1.4e-5).
+
+OpenVINO (issue #11: a backend only if faster than ONNX Runtime on this CPU) is not one: OpenVINO 2026.4.1's CPU
+plugin (f32, latency hint) on the same ONNX artefact, side by side with ONNX Runtime 1.32.0, ran 0.86x / 0.87x
+ONNX Runtime's speed at 480x360 / 1024x512 with 1 thread (54.0 vs 46.5 ms, 145.5 vs 126.0 ms) and 0.81x / 0.89x
+with 2 (59.5 vs 48.0 ms, 182.1 vs 161.2 ms), argmax identical.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -37,8 +74,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-BACKENDS = ("auto", "eager", "onnxruntime", "tensorrt")
-SUFFIXES = {"onnxruntime": ".onnx", "tensorrt": ".ep"}
+BACKENDS = ("auto", "eager", "compile", "onnxruntime", "tensorrt")
+SUFFIXES = {"compile": ".pt2", "onnxruntime": ".onnx", "tensorrt": ".ep"}
 MIN_ARGMAX_AGREEMENT = 0.999
 OUTPUTS = ("semantic", "embedding")
 
@@ -62,6 +99,32 @@ def tensorrt_available() -> bool:
     return importlib.util.find_spec("torch_tensorrt") is not None
 
 
+@functools.cache
+def _cpp_compiler() -> str | None:
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        return get_cpp_compiler()
+    except Exception:  # inductor raises InvalidCxxCompiler (or an OSError) when it finds none
+        return None
+
+
+def compile_available(device: torch.device) -> bool:
+    """AOTInductor can build here: a C++ compiler on the CPU (inductor's search: ``$CXX``, g++, ...), Triton on
+    CUDA."""
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return has_triton()
+    return _cpp_compiler() is not None
+
+
+def compile_options(device: torch.device) -> dict:
+    """Inductor settings of the ``compile`` artefact: max-autotune on CUDA (issue #11); on the CPU the defaults,
+    which measured as fast as ``freezing`` (module docstring)."""
+    return {"max_autotune": True} if device.type == "cuda" else {}
+
+
 def resolve_backend(backend: str, device: torch.device, precision: str, exportable: bool = True) -> str:
     """The backend ``auto`` stands for on ``device`` at ``precision`` (module docstring); others are checked.
     ``exportable=False``: the network runs eager only."""
@@ -75,8 +138,21 @@ def resolve_backend(backend: str, device: torch.device, precision: str, exportab
         return "eager"
     if backend == "auto":
         if device.type == "cpu":
-            return "onnxruntime" if precision == "fp32" and onnxruntime_available() else "eager"
+            if precision != "fp32":
+                return "eager"
+            if onnxruntime_available():
+                return "onnxruntime"
+            return "compile" if compile_available(device) else "eager"
         return "tensorrt" if precision in ("fp16", "fp32") and tensorrt_available() else "eager"
+    if backend == "compile":
+        if not compile_available(device):
+            raise BackendError("backend 'compile' needs " + (
+                "Triton on CUDA (pip install triton matching torch)" if device.type == "cuda" else
+                "a C++ compiler for AOTInductor on the CPU (g++ or clang++, or $CXX), none found") +
+                "; or use backend 'eager'")
+        if device.type == "cpu" and precision != "fp32":
+            raise BackendError(f"backend 'compile' builds fp32 on the CPU here; got {precision} (fp16 / bf16 run on "
+                               f"CUDA; use backend 'eager' for {precision} on the CPU)")
     if backend == "tensorrt":
         if device.type != "cuda":
             raise BackendError(f"backend 'tensorrt' needs a CUDA device, got {device} (use 'onnxruntime' or 'eager')")
@@ -122,10 +198,16 @@ class ArtefactKey:
         return f"{self.backend}-{self.digest[:16]}-{self.width}x{self.height}-{self.precision}-{self.device}"
 
 
-def backend_version(backend: str) -> str:
+def backend_version(backend: str, device: torch.device = torch.device("cpu")) -> str:
+    """What an artefact depends on besides the weights and shape. A CPU ``compile`` artefact also records the
+    number of threads: inductor writes it into its OpenMP loops at build time."""
     if backend in ("onnxruntime", "tensorrt"):
         module = importlib.import_module({"onnxruntime": "onnxruntime", "tensorrt": "torch_tensorrt"}[backend])
         return f"{backend} {module.__version__}, torch {torch.__version__}"
+    if backend == "compile":
+        if device.type == "cuda":
+            return f"torch {torch.__version__}, AOTInductor max-autotune"
+        return f"torch {torch.__version__}, AOTInductor, {torch.get_num_threads()} threads"
     return f"torch {torch.__version__}"
 
 
@@ -191,7 +273,48 @@ class TensorRTNetwork:
         return dict(zip(OUTPUTS, self.module(images)))
 
 
-def load_network(backend: str, path: Path) -> Callable[[Tensor], dict[str, Tensor]]:
+class CompiledNetwork:
+    """An AOTInductor package (``.pt2``): ``network(images)`` -> output dict.
+
+    On CUDA the loaded model is captured in a CUDA graph on the first call and replayed after it: AOTInductor
+    itself never uses CUDA graphs (inductor turns ``triton.cudagraphs`` off when compiling ahead of time), and its
+    loader's ``run_single_threaded`` is there for callers that capture it. Each call copies the images into the
+    graph's static input and returns copies of its static outputs."""
+
+    def __init__(self, path: Path, device: torch.device):
+        from torch._inductor import aoti_load_package
+
+        self.cuda = device.type == "cuda"
+        self.module = aoti_load_package(
+            str(path), run_single_threaded=self.cuda, device_index=-1 if device.index is None else device.index)
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def _capture(self, images: Tensor) -> None:
+        self.static = images.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up runs outside the capture, as torch.cuda.graph requires
+            for _ in range(2):
+                self.module(self.static)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = self.module(self.static)
+
+    def __call__(self, images: Tensor) -> dict[str, Tensor]:
+        if not self.cuda:
+            return dict(zip(OUTPUTS, self.module(images)))
+        if self.graph is None:
+            self._capture(images)
+        self.static.copy_(images)
+        self.graph.replay()
+        return {name: output.clone() for name, output in zip(OUTPUTS, self.outputs)}
+
+
+def load_network(backend: str, path: Path, device: torch.device = torch.device("cpu")) -> Callable:
+    """The artefact at ``path`` as a callable: images [1, 3, H, W] -> {"semantic", "embedding"}."""
+    if backend == "compile":
+        return CompiledNetwork(path, device)
     return OnnxRuntimeNetwork(path) if backend == "onnxruntime" else TensorRTNetwork(path)
 
 
@@ -214,6 +337,11 @@ def _build(wrapper: nn.Module, key: ArtefactKey, images: Tensor, model_path: Pat
     if key.backend == "onnxruntime":
         torch.onnx.export(wrapper, (images,), str(model_path), input_names=["images"], output_names=list(OUTPUTS),
                           dynamo=True, verbose=False)
+    elif key.backend == "compile":  # AOTInductor: torch.export, then inductor's C++ / Triton code in a .pt2 package
+        from torch._inductor import aoti_compile_and_package
+
+        program = torch.export.export(wrapper, (images,))
+        aoti_compile_and_package(program, package_path=str(model_path), inductor_configs=compile_options(images.device))
     elif key.backend == "tensorrt":  # torch-tensorrt's documented AOT path; the dtype is the model's
         import torch_tensorrt
 
@@ -237,7 +365,7 @@ def export(model: nn.Module, key: ArtefactKey, cache_dir: Path, log: Callable[[s
         expected = dict(zip(OUTPUTS, wrapper(images)))
     _build(wrapper, key, images, model_path)
     with torch.inference_mode():
-        checked = agreement(expected, load_network(key.backend, model_path)(images))
+        checked = agreement(expected, load_network(key.backend, model_path, images.device)(images))
     if checked["argmax_agreement"] < MIN_ARGMAX_AGREEMENT:
         model_path.unlink(missing_ok=True)
         raise BackendError(f"the {key.backend} artefact disagrees with eager: {checked}")
@@ -263,8 +391,8 @@ class Networks:
     def key(self, height: int, width: int) -> ArtefactKey:
         if self._digest is None:
             self._digest = model_digest(self.model)
-        return ArtefactKey(self._digest, self.backend, backend_version(self.backend), height, width, self.precision,
-                           self.device.type)
+        return ArtefactKey(self._digest, self.backend, backend_version(self.backend, self.device), height, width,
+                           self.precision, self.device.type)
 
     def prepare(self, height: int, width: int) -> Callable:
         """The network for [1, 3, height, width] inputs: loaded from the cache, or built if ``build_missing``."""
@@ -282,7 +410,7 @@ class Networks:
                         f"build it with: python -m panoptic_ros.export --weights {self.weights or 'W'} --backend "
                         f"{self.backend} --resolution {width}x{height} --cache-dir {self.cache_dir}")
                 export(self.model, key, self.cache_dir, self.log)
-            self._sessions[shape] = load_network(self.backend, model_path)
+            self._sessions[shape] = load_network(self.backend, model_path, self.device)
         return self._sessions[shape]
 
     def __call__(self, images: Tensor) -> dict[str, Tensor]:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from panoptic_ros import export as export_cli
-from panoptic_ros.backends import (BackendError, Networks, artefact_paths, model_digest, onnxruntime_available,
-                                   resolve_backend)
+from panoptic_ros.backends import (BackendError, Networks, artefact_paths, compile_available, model_digest,
+                                   onnxruntime_available, resolve_backend)
 from panoptic_ros.predictor import Predictor
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -26,6 +26,7 @@ def test_auto_rule_and_unsupported_combinations(monkeypatch):
     with pytest.raises(BackendError, match="not one of"):
         resolve_backend("tensorflow", CPU, "fp32")
     monkeypatch.setattr("panoptic_ros.backends.onnxruntime_available", lambda: False)
+    monkeypatch.setattr("panoptic_ros.backends.compile_available", lambda device: False)
     assert resolve_backend("auto", CPU, "fp32") == "eager"
     with pytest.raises(BackendError, match="needs the onnxruntime package"):
         resolve_backend("onnxruntime", CPU, "fp32")
@@ -101,3 +102,85 @@ def test_export_cli_refuses_what_it_cannot_build(tiny_weights, tmp_path):
     with pytest.raises(SystemExit, match="needs a CUDA device"):
         export_cli.main(["--weights", str(tiny_weights), "--backend", "tensorrt", "--resolution", "64x48",
                          "--precision", "fp16", "--cache-dir", str(tmp_path)])
+
+
+needs_compiler = pytest.mark.skipif(not compile_available(CPU), reason="no C++ compiler for AOTInductor")
+
+
+def test_compile_rule_and_its_clear_errors(monkeypatch):
+    monkeypatch.setattr("panoptic_ros.backends.compile_available", lambda device: True)
+    assert resolve_backend("compile", CPU, "fp32") == "compile"
+    assert resolve_backend("compile", CUDA, "fp16") == resolve_backend("compile", CUDA, "bf16") == "compile"
+    with pytest.raises(BackendError, match="'compile' builds fp32 on the CPU here; got bf16 .*use backend 'eager'"):
+        resolve_backend("compile", CPU, "bf16")
+    monkeypatch.setattr("panoptic_ros.backends.onnxruntime_available", lambda: False)
+    assert resolve_backend("auto", CPU, "fp32") == "compile"  # measured: onnxruntime first, then compile
+    assert resolve_backend("auto", CPU, "fp16") == "eager"
+    monkeypatch.setattr("panoptic_ros.backends.compile_available", lambda device: False)
+    assert resolve_backend("auto", CPU, "fp32") == "eager"
+    with pytest.raises(BackendError, match="needs a C\\+\\+ compiler for AOTInductor on the CPU"):
+        resolve_backend("compile", CPU, "fp32")
+    with pytest.raises(BackendError, match="needs Triton on CUDA"):
+        resolve_backend("compile", CUDA, "fp16")
+
+
+def test_compile_key_records_the_threads_inductor_builds_for(tiny_weights):
+    """Inductor writes torch's thread count into the artefact's OpenMP loops: another count is another key."""
+    threads = torch.get_num_threads()
+    model = Predictor.from_weights(tiny_weights, device="cpu").model
+    networks = Networks(model, "compile", CPU, "fp32")
+    try:
+        torch.set_num_threads(1)
+        one = networks.key(72, 100)
+        torch.set_num_threads(2)
+        two = networks.key(72, 100)
+    finally:
+        torch.set_num_threads(threads)
+    assert one.version.endswith("1 threads") and two.version.endswith("2 threads") and one.stem == two.stem
+    assert torch.__version__ in one.version and one != two and one.digest == two.digest
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_compile_predictor_matches_eager_and_caches_its_artefact(tiny_weights, tmp_path, capfd):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (72, 100, 3), dtype=np.uint8)
+    eager = Predictor.from_weights(tiny_weights, device="cpu")
+    fast = Predictor.from_weights(tiny_weights, device="cpu", backend="compile", cache_dir=tmp_path)
+    assert fast.backend == "compile"
+    expected, got = eager(rgb), fast(rgb)
+    assert "exporting the network for compile at 100x72" in capfd.readouterr().err  # said, not silent
+    assert (expected.semantic == got.semantic).float().mean() >= 0.999
+    np.testing.assert_allclose(fast.run_network(rgb).logits, eager.run_network(rgb).logits, atol=1e-4)
+    key = fast.network.key(72, 100)
+    model_path, key_path = artefact_paths(tmp_path, key)
+    stored = json.loads(key_path.read_text())
+    assert model_path.suffix == ".pt2" and model_path.is_file()
+    assert stored["version"] == key.version and stored["argmax_agreement"] >= 0.999
+    again = Predictor.from_weights(tiny_weights, device="cpu", backend="compile", cache_dir=tmp_path,
+                                   build_missing=False)
+    np.testing.assert_array_equal(again(rgb).semantic, got.semantic)  # the cached artefact, not rebuilt
+    assert "exporting" not in capfd.readouterr().err
+    stored["version"] = "torch 0.0, AOTInductor, 1 threads"  # built by another torch: stale
+    key_path.write_text(json.dumps(stored))
+    refusing = Predictor.from_weights(tiny_weights, device="cpu", backend="compile", cache_dir=tmp_path,
+                                      build_missing=False)
+    with pytest.raises(BackendError, match=r"missing or stale\); build it with: python -m panoptic_ros.export "
+                                           r".* --backend compile --resolution 100x72"):
+        refusing(rgb)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_compile_on_cuda_replays_its_cuda_graph_with_each_new_input(tiny_weights, tmp_path):
+    """max-autotune AOTInductor, captured in a CUDA graph: a second, different frame gives its own outputs (the
+    graph's static input is refilled), equal to eager's."""
+    eager = Predictor.from_weights(tiny_weights, device="cuda")
+    fast = Predictor.from_weights(tiny_weights, device="cuda", backend="compile", cache_dir=tmp_path)
+    rng = np.random.default_rng(1)
+    outputs = []
+    for _ in range(2):
+        rgb = rng.integers(0, 255, (72, 100, 3), dtype=np.uint8)
+        got, expected = fast.run_network(rgb).logits, eager.run_network(rgb).logits
+        assert (got.argmax(0) == expected.argmax(0)).float().mean() >= 0.999  # TF32 convolutions either way
+        outputs.append(got.cpu())
+    assert fast.network.prepare(72, 100).graph is not None and not torch.equal(*outputs)
