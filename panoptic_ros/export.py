@@ -1,11 +1,14 @@
 """Export the network for a backend, as an explicit step before the node or a tool uses it.
 
     python -m panoptic_ros.export --weights W --backend onnxruntime --resolution 1024x512 [--precision fp32]
-        [--cache-dir D]
+        [--cache-dir D] [--threads N]
 
-``--resolution`` is the network's input (the frame size times ``input_scale``); several may be given. The artefact
-and its key go to the cache directory (``backends.default_cache_dir()`` by default), after the check against eager
-on the embedded sample frame; an artefact that is already there and current is kept.
+``--backend``: ``compile``, ``onnxruntime``, ``tensorrt`` or ``auto`` (``backends.BACKENDS``). ``--resolution`` is
+the network's input (the frame size times ``input_scale``); several may be given. The artefact and its key go to
+the cache directory (``backends.default_cache_dir()`` by default), after the check against eager on the embedded
+sample frame; an artefact that is already there and current is kept. ``--threads``: torch's thread count for the
+build; a CPU ``compile`` artefact is built for it (inductor writes it into the code) and is stale in a process
+with another count, so give the node's (default: torch's, the number of cores).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+import torch
 
 from .backends import BACKENDS, BackendError, artefact_paths
 from .predictor import DEFAULT_WEIGHTS, Predictor
@@ -36,7 +41,12 @@ def main(argv=None) -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cache-dir", type=Path, help="default: $PANOPTIC_ROS_CACHE or ~/.cache/panoptic_ros")
+    parser.add_argument("--threads", type=int, help="torch threads for the build (a CPU compile artefact keeps them)")
     opts = parser.parse_args(argv)
+    if opts.threads is not None:
+        if opts.threads < 1:
+            parser.error(f"--threads {opts.threads}: expected a positive number")
+        torch.set_num_threads(opts.threads)
     try:
         predictor = Predictor.from_weights(opts.weights, device=opts.device, precision=opts.precision,
                                            backend=opts.backend, cache_dir=opts.cache_dir)

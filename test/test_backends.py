@@ -102,6 +102,13 @@ def test_export_cli_refuses_what_it_cannot_build(tiny_weights, tmp_path):
     with pytest.raises(SystemExit, match="needs a CUDA device"):
         export_cli.main(["--weights", str(tiny_weights), "--backend", "tensorrt", "--resolution", "64x48",
                          "--precision", "fp16", "--cache-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="'compile' builds fp32 on the CPU here; got bf16"):
+        export_cli.main(["--weights", str(tiny_weights), "--backend", "compile", "--resolution", "64x48",
+                         "--precision", "bf16", "--cache-dir", str(tmp_path)])
+    threads = torch.get_num_threads()
+    with pytest.raises(SystemExit):
+        export_cli.main(["--backend", "compile", "--resolution", "64x48", "--threads", "0"])
+    assert torch.get_num_threads() == threads and not list(tmp_path.iterdir())  # refused before building anything
 
 
 needs_compiler = pytest.mark.skipif(not compile_available(CPU), reason="no C++ compiler for AOTInductor")
