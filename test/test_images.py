@@ -127,3 +127,85 @@ def test_bad_compressed_images(rgb):
         compressed_to_rgb("tiff", jpeg)
     with pytest.raises(ImageError, match="compressedDepth"):
         compressed_to_rgb("16UC1; compressedDepth png", jpeg)
+
+
+# Exact kinds and messages of every rejection (issue #14: mutants that changed a kind or a message survived the
+# tests above, which matched fragments), with the values at each limit.
+from panoptic_ros.images import LAYOUTS, compressed_format, image_buffer  # noqa: E402
+
+_LAYOUTS, _RGB = ", ".join(LAYOUTS), ", ".join(RGB_ENCODINGS)
+
+
+@pytest.mark.parametrize("call, kind, message", [
+    (lambda: image_to_array("nv12", 4, 4, 4, bytes(24)), "encoding", f"unsupported encoding 'nv12'; supported: {_LAYOUTS}"),
+    (lambda: image_to_array("rgb8", 0, 4, 12, b""), "size", "image is 4 x 0: width and height must be positive"),
+    (lambda: image_to_array("rgb8", 4, 0, 12, b""), "size", "image is 0 x 4: width and height must be positive"),
+    (lambda: image_to_array("mono8", 3, 5, 5, bytes(15), max_pixels=14), "too_large",
+     "image is 5 x 3 = 15 pixels, above the limit of 14"),
+    (lambda: image_to_array("rgb16", 2, 4, 23, bytes(48)), "step",
+     "step 23 is smaller than width 4 x 6 bytes per pixel = 24 for rgb16"),
+    (lambda: image_to_array("rgb8", 4, 4, 12, bytes(47)), "data", "data holds 47 bytes, fewer than height 4 x step 12 = 48"),
+    (lambda: image_to_array("yuv422", 2, 3, 6, bytes(12)), "size", "yuv422 packs two pixels in four bytes: width 3 must be even"),
+    (lambda: image_to_rgb("32SC1", 1, 1, 4, bytes(4)), "encoding", f"encoding '32SC1' is not a camera image; supported: {_RGB}"),
+    (lambda: image_to_rgb("16UC1", 1, 1, 2, bytes(2)), "encoding",
+     f"encoding '16UC1' is a depth image (REP 118); supported: {_RGB}"),
+    (lambda: array_to_image(np.zeros((2, 2), np.uint8), "nv12"), "encoding", f"unsupported encoding 'nv12'; supported: {_LAYOUTS}"),
+    (lambda: array_to_image(np.zeros((2, 2, 4), np.uint8), "rgb8"), "size", "rgb8 needs uint8 [H, W, 3], got uint8 (2, 2, 4)"),
+    (lambda: array_to_image(np.zeros((2, 2), np.int64), "mono8"), "size", "mono8 needs uint8 [H, W], got int64 (2, 2)"),
+    (lambda: rgb_to_image(np.zeros((2, 2, 4), np.uint8), "rgb8"), "size",
+     "expected a uint8 RGB image [H, W, 3], got uint8 (2, 2, 4)"),
+    (lambda: rgb_to_image(np.zeros((2, 2, 3), np.float32), "rgb8"), "size",
+     "expected a uint8 RGB image [H, W, 3], got float32 (2, 2, 3)"),
+    (lambda: rgb_to_image(np.zeros((2, 2, 3), np.uint8), "32SC1"), "encoding", f"cannot encode RGB as '32SC1'; supported: {_RGB}"),
+    (lambda: compressed_format("16UC1; compressedDepth png"), "encoding",
+     "compressedDepth images ('16UC1; compressedDepth png') are not camera images"),
+    (lambda: compressed_format("tiff"), "encoding", "unsupported compressed format 'tiff'; supported: jpeg, png"),
+    (lambda: rgb_to_compressed(np.zeros((2, 2, 3), np.uint8), "bmp"), "encoding",
+     "unsupported compressed format 'bmp'; supported: jpeg, png"),
+    (lambda: compressed_to_rgb("png", b"\x89PNG\r\n\x1a\n" + bytes(40)), "decode", None),  # PIL's message
+    (lambda: compressed_to_rgb("png", rgb_to_compressed(np.full((16, 16, 3), 9, np.uint8), "png")[:60]), "decode",
+     "cannot decode 60 bytes of 'png' data"),  # a whole header (PIL reads the size), no pixels
+])
+def test_every_rejection_has_its_exact_kind_and_message(call, kind, message):
+    with pytest.raises(ImageError) as error:
+        call()
+    assert error.value.kind == kind
+    if message is not None:
+        assert str(error.value) == message
+
+
+def test_limits_are_inclusive_and_bit_depths_9_to_16_are_accepted():
+    assert image_to_array("mono8", 3, 5, 5, bytes(15), max_pixels=15).shape == (3, 5)
+    assert image_to_array("mono8", 1, 1, 1, bytes(1)).shape == (1, 1)
+    data = np.array([[5000, 65535]], "<u2").tobytes()
+    for depth in (9, 16):
+        image_to_rgb("mono16", 1, 2, 4, data, bit_depth=depth)
+    for depth in (8, 17):
+        with pytest.raises(ValueError, match=rf"^bit_depth {depth} must be in \[9, 16\]$"):
+            image_to_rgb("mono16", 1, 2, 4, data, bit_depth=depth)
+    # 12-bit: 5000 >> 4 = 312 saturates at 255 (it would wrap to 56); 16-bit keeps the top byte
+    np.testing.assert_array_equal(image_to_rgb("mono16", 1, 2, 4, data, bit_depth=12)[0, :, 0], [255, 255])
+    np.testing.assert_array_equal(image_to_rgb("mono16", 1, 2, 4, data, bit_depth=16)[0, :, 0], [19, 255])
+    assert bit_depth_of(np.zeros((0, 0), np.uint16)) == 10 and bit_depth_of(np.array([1023], np.uint16)) == 10
+
+
+def test_little_endian_pixels_are_a_view_and_image_buffer_steps_are_exact():
+    data = bytearray(np.arange(8, dtype="<u2").tobytes())
+    pixels = image_to_array("mono16", 2, 4, 8, data)
+    assert np.shares_memory(pixels, np.frombuffer(data, np.uint8))  # no copy where the layout allows
+    height, width, step, flat = image_buffer(np.zeros((1, 5, 3), np.uint8), "rgb8")
+    assert (height, width, step, flat.size) == (1, 5, 15, 15)
+
+
+def test_compressed_formats_quality_and_channels():
+    assert [compressed_format(f) for f in ("JPG", "rgb8; jpeg compressed bgr8", "png", "bgra8; PNG compressed")] == [
+        "jpeg", "jpeg", "png", "png"]
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    low, high = rgb_to_compressed(noise, "jpeg", quality=10), rgb_to_compressed(noise, "jpeg", quality=95)
+    assert low[:3] == high[:3] == b"\xff\xd8\xff" and len(low) < len(high) / 2
+    assert rgb_to_compressed(noise, "png")[:8] == b"\x89PNG\r\n\x1a\n"
+    # four-channel png (BGRA on disk) and grey png come back as RGB
+    bgra = np.dstack([noise[..., ::-1], np.full((32, 32), 128, np.uint8)])
+    np.testing.assert_array_equal(compressed_to_rgb("png", cv2.imencode(".png", bgra)[1]), noise)
+    grey = noise[..., 0]
+    np.testing.assert_array_equal(compressed_to_rgb("png", cv2.imencode(".png", grey)[1]), np.dstack([grey] * 3))
