@@ -210,3 +210,93 @@ def test_cascade_discriminative_loss_is_eq6():
     assert module(embeddings, ids)["total"].item() == pytest.approx(out["total"].item(), rel=1e-6)
     assert module(embeddings[0], ids)["total"].item() == pytest.approx(
         discriminative_loss_batch(embeddings[0], ids)["total"].item(), rel=1e-6)
+
+
+# Issue #14: the first mutation run of losses.py (377 mutants) left 53 alive: hyper-parameters that no test set to
+# a non-default value (so dropping them from a pass-through changed nothing), the paper's defaults, three
+# instances (with two, C (C - 1) equals C / (C - 1)), delta_d = 1 (2 delta_d equals 2 / delta_d), and the
+# bootstrapping limits. Each test below names what it pins.
+
+
+def _three_instances():
+    """[E=2, 1, 3] embedding, three one-pixel instances at known points."""
+    embedding = torch.tensor([[[0.0, 0.5, 3.0]], [[0.0, 0.0, 0.0]]], requires_grad=True)
+    return embedding, torch.tensor([[0, 1, 2]])
+
+
+def test_distance_term_over_three_instances_and_a_delta_d_other_than_one():
+    """Eq. 3 by hand, 3 instances, delta_d = 0.8: ordered pairs at distances 0.5, 3, 2.5 -> hinges
+    (1.6 - 0.5)^2 = 1.21, 0, 0; dist = 2 * 1.21 / (3 * 2)."""
+    embedding, ids = _three_instances()
+    terms = discriminative_loss(embedding, ids, delta_d=0.8)
+    assert terms["dist"].item() == pytest.approx(2 * 1.21 / 6)
+
+
+def test_paper_defaults_of_the_function_and_the_module():
+    """delta_v 0.25, delta_d 1, delta_r 6, alpha = beta = 1, gamma 0.1 (Sec. III-E), and CascadeCrossEntropy's
+    bootstrap default keeps every pixel."""
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(discriminative_loss).parameters.items()
+                if v.default is not inspect.Parameter.empty}
+    assert defaults == {"ignore_index": -1, "delta_v": 0.25, "delta_d": 1.0, "delta_r": 6.0, "alpha": 1.0,
+                        "beta": 1.0, "gamma": 0.1}
+    assert DiscriminativeLoss().hparams == {"ignore_index": -1, **{k: v for k, v in defaults.items()
+                                                                   if k != "ignore_index"}}
+    assert inspect.signature(cascade_cross_entropy).parameters["bootstrap_threshold"].default == 1.0
+
+
+def test_the_module_passes_every_hyper_parameter_on():
+    """DiscriminativeLoss with non-default values equals the functions called with them, single scale and
+    cascade (with its own cascade weights)."""
+    torch.manual_seed(0)
+    emb = torch.randn(2, 3, 8, 8) * 4
+    ids = torch.randint(-1, 3, (2, 8, 8))
+    ids[:, 0, 0] = 7  # an instance id that is ignored below
+    hp = dict(delta_v=0.1, delta_d=0.7, delta_r=0.5, alpha=0.3, beta=2.0, gamma=0.6, ignore_index=7)
+    module = DiscriminativeLoss(**hp, cascade_weights=(0.2, 0.3, 0.5))
+    expected = discriminative_loss_batch(emb, ids, **hp)
+    for k, v in module(emb, ids).items():
+        assert v.item() == pytest.approx(expected[k].item())
+    assert module(emb, ids)["total"].item() != pytest.approx(discriminative_loss_batch(emb, ids)["total"].item())
+    scales = [emb, emb[:, :, ::2, ::2], emb[:, :, ::4, ::4]]
+    expected = cascade_discriminative_loss(scales, ids, (0.2, 0.3, 0.5), **hp)
+    for k, v in module(scales, ids).items():
+        assert v.item() == pytest.approx(expected[k].item())
+    assert module(scales, ids)["total"].item() != pytest.approx(
+        cascade_discriminative_loss(scales, ids, **hp)["total"].item())  # the default cascade weights differ
+
+
+def test_class_weights_are_not_saved_with_the_model():
+    """CascadeCrossEntropy's class weights are a non-persistent buffer: they move with .to() but a checkpoint
+    does not carry them (they come from the training config)."""
+    loss = CascadeCrossEntropy(class_weights=torch.ones(3))
+    assert "class_weights" in dict(loss.named_buffers()) and "class_weights" not in loss.state_dict()
+
+
+def test_bootstrapping_limits():
+    """threshold 1 keeps every labelled pixel; below it, a pixel is kept when exp(-loss) < threshold strictly
+    (loss exactly -log t is dropped); min_kept 0 adds nothing; a crop keeping exactly ``need`` pixels keeps just
+    those; min_kept is a lower bound per crop, not for crops without labels."""
+    loss = torch.tensor([[[-math.log(0.5), 0.1, 2.0, 3.0]]])
+    valid = torch.tensor([[[True, True, True, False]]])
+    assert torch.equal(bootstrapped_pixels(loss, valid, 1.0), valid)
+    assert torch.equal(bootstrapped_pixels(loss, valid, 0.8, 0.0), torch.tensor([[[True, False, True, False]]]))
+    assert bootstrapped_pixels(loss, valid, 0.5, 0.0).tolist() == [[[False, False, True, False]]]
+    # need = ceil(1/3 * 3) = 1, already kept: the same; need = ceil(0.5 * 3) = 2: the two hardest labelled
+    assert bootstrapped_pixels(loss, valid, 0.5, 1 / 3).tolist() == [[[False, False, True, False]]]
+    assert bootstrapped_pixels(loss, valid, 0.5, 0.5).tolist() == [[[True, False, True, False]]]
+    none = torch.zeros_like(valid)
+    assert not bootstrapped_pixels(loss, none, 0.5, 0.5).any()
+    # above 1 is no different from 1: every labelled pixel (exp(-loss) <= 1 always)
+    assert torch.equal(bootstrapped_pixels(loss, valid, 1.5), valid)
+
+
+def test_scale_and_shape_errors_say_what_was_expected():
+    with pytest.raises(ValueError, match=r"^need at least one cascade output$"):
+        cascade_cross_entropy([], torch.zeros(1, 4, 4, dtype=torch.long), weights=())
+    with pytest.raises(ValueError, match=r"^embeddings must be \[B, E, H, W\] and instance_ids \[B, H, W\]; "
+                                         r"got \(1, 2, 4, 4\) and \(1, 4, 5\)$"):
+        discriminative_loss_batch(torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"got \(2, 4, 4\) and \(2, 4, 4\)"):  # not 4-D, shapes otherwise agree
+        discriminative_loss_batch(torch.zeros(2, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long))
