@@ -281,6 +281,8 @@ def test_bootstrapping_limits():
     loss = torch.tensor([[[-math.log(0.5), 0.1, 2.0, 3.0]]])
     valid = torch.tensor([[[True, True, True, False]]])
     assert torch.equal(bootstrapped_pixels(loss, valid, 1.0), valid)
+    certain = torch.zeros(1, 1, 2)  # loss 0 (probability 1) is kept too at threshold 1
+    assert bootstrapped_pixels(certain, torch.ones(1, 1, 2, dtype=torch.bool), 1.0).all()
     assert torch.equal(bootstrapped_pixels(loss, valid, 0.8, 0.0), torch.tensor([[[True, False, True, False]]]))
     assert bootstrapped_pixels(loss, valid, 0.5, 0.0).tolist() == [[[False, False, True, False]]]
     # need = ceil(1/3 * 3) = 1, already kept: the same; need = ceil(0.5 * 3) = 2: the two hardest labelled
