@@ -44,6 +44,7 @@ bench: setup-kilted
 	$(PY) -m benchmarks.accuracy
 	$(PY) -m benchmarks.clustering
 	$(PY) -m benchmarks.panonet
+	$(PY) -m benchmarks.backends
 	$(PY) -m benchmarks.replay
 	$(PY) -m benchmarks.node
 	$(PY) -m benchmarks.soak

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from panoptic_ros.backends import BACKENDS
 from panoptic_ros.ops import extension_available
-from panoptic_ros.predictor import DEFAULT_WEIGHTS
+from panoptic_ros.predictor import DEFAULT_WEIGHTS, PRECISIONS
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["imp", "panonet", "clustering", "replay", "node", "mirror", "accuracy"])
+@pytest.mark.parametrize("name", ["imp", "panonet", "clustering", "replay", "node", "mirror", "accuracy", "backends"])
 def test_benchmark_writes_its_results(name, tmp_path, monkeypatch):
     if name == "imp" and not extension_available():
         pytest.skip("IMP extension not built")
-    if name in ("panonet", "replay", "mirror") and not DEFAULT_WEIGHTS.exists():
+    if name in ("panonet", "replay", "mirror", "backends") and not DEFAULT_WEIGHTS.exists():
         pytest.skip("no shipped weights")
     module = __import__(f"benchmarks.{name}", fromlist=["main"])
     monkeypatch.setenv("PANOPTIC_ROS_BENCH_DIR", str(tmp_path))
@@ -74,9 +75,28 @@ def check_result(name: str, result: dict) -> None:
                 assert run["fps"] == pytest.approx(1e3 / run["end_to_end_ms"])
             assert result["imp_share_of_frame"][resolution] == pytest.approx(
                 runs["with IMP"]["median_ms"]["imp"] / runs["with IMP"]["end_to_end_ms"])
+    elif name == "backends":
+        assert result["resolutions"] == (["512x256"] if result["quick"] else ["512x256", "1024x512", "2048x1024"])
+        measured = {(r["backend"], r["precision"]) for r in result["results"].values()}
+        every = {(b, p) for b in BACKENDS if b != "auto" for p in PRECISIONS}
+        assert measured | {tuple(k.split()) for k in result["skipped"]} == every and ("eager", "fp32") in measured
+        assert not measured & {tuple(k.split()) for k in result["skipped"]}
+        for key, row in result["results"].items():
+            assert key == f"{row['resolution']} {row['backend']} {row['precision']}"
+            assert row["resolution"] in result["resolutions"] and row["frames"] >= 3
+            assert row["fps"] == pytest.approx(1e3 / row["p50_ms"]) and row["p99_ms"] >= row["p50_ms"]
+            eager = result["results"][f"{row['resolution']} eager fp32"]
+            assert row["speedup_over_eager_fp32"] == pytest.approx(eager["p50_ms"] / row["p50_ms"])
+            if row["precision"] == "fp32":  # artefacts are checked against eager before they are used
+                assert row["argmax_agreement"] >= 0.999
+        for resolution in result["resolutions"]:
+            assert {(r["backend"], r["precision"]) for r in result["results"].values()
+                    if r["resolution"] == resolution} == measured
+            eager = result["results"][f"{resolution} eager fp32"]
+            assert eager["argmax_agreement"] == 1.0 and eager["max_abs_logit_difference"] == 0.0
 
 
-@pytest.mark.parametrize("name", ["imp", "panonet", "clustering", "replay", "node", "mirror"])
+@pytest.mark.parametrize("name", ["imp", "panonet", "clustering", "replay", "node", "mirror", "backends"])
 def test_the_checks_hold_for_the_committed_results(name):
     """The committed result files pass ``check_result`` (less the commit, which is older), so the checks above
     describe what the benchmarks write."""
