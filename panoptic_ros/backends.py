@@ -51,6 +51,8 @@ torch 2.14.1, onnxruntime 1.32.0):
 threads while the other load takes the cores: torch's and inductor's OpenMP loops wait on a descheduled thread
 (6-29x slower than ONNX Runtime then), ONNX Runtime's own pool with spinning off does not. ``compile`` is
 1.5-2x eager everywhere, hence second. All three agree with eager on 100% of the argmax (logits within 1.4e-5).
+``benchmarks/backends.py`` (1 thread, ``benchmarks/results/backends-cpu.md``) agrees: onnxruntime 2.05x / 1.95x
+eager at 512x256 / 1024x512, compile 1.56x / 1.48x; at 2048x1024 the two tie (678 vs 658 ms, 1.67x / 1.72x).
 
 OpenVINO (issue #11: a backend only if faster than ONNX Runtime on this CPU) is not one: OpenVINO 2026.4.1's CPU
 plugin (f32, latency hint) on the same ONNX artefact, side by side with ONNX Runtime 1.32.0, ran 0.86x / 0.87x
