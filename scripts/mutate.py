@@ -35,7 +35,8 @@ POSTPROCESS = ["x_cluster_instances", "x_coarse_cell_index", "x_assign_thing_pix
 # name: (file, mutant name patterns, test files, extra pytest arguments)
 MODULES = {
     "metrics": ("panoptic_ros/metrics.py", ["panoptic_ros.metrics.*"],
-                ["test/test_metrics.py", "test/test_panoptic_quality.py", "test/test_instance_ap.py"], []),
+                ["test/test_metrics.py", "test/test_panoptic_quality.py", "test/test_instance_ap.py",
+                 "test/test_metrics_boundaries.py"], []),
     "losses": ("panoptic_ros/losses.py", ["panoptic_ros.losses.*"], ["test/test_losses.py"], []),
     "postprocess": ("panoptic_ros/postprocess.py", [f"panoptic_ros.postprocess.{f}__mutmut_*" for f in POSTPROCESS],
                     ["test/test_postprocess.py"], []),
