@@ -253,25 +253,40 @@ class PostprocessConfig:
             stuff_min_area=self.stuff_min_area if stuff_min_area < 0 else stuff_min_area)
 
 
-def _voting_node_filters(config, decoder: str, bandwidths: dict[int, float], min_instance_pixels: int,
-                         stuff_min_area: int):
-    """The node's overrides of a DCME or Bridging post-processing config: no bandwidths (nothing is clustered by
-    mean shift), the smallest instance and stuff area as for embeddings (-1: keep the config's value)."""
-    if bandwidths:
-        raise ConfigError(f"bandwidths.* = {bandwidths!r} is not allowed: the weights' instance decoder is {decoder}, "
-                          f"which has no mean-shift clustering (bandwidths are the embedding decoder's)")
-    return dataclasses.replace(
-        config, min_instance_pixels=config.min_instance_pixels if min_instance_pixels < 0 else min_instance_pixels,
-        stuff_min_area=config.stuff_min_area if stuff_min_area < 0 else stuff_min_area)
+class _VotingPostprocess:
+    """What the DCME and Bridging post-processing configs share: instance and stuff size limits, no bandwidths
+    (nothing is clustered by mean shift), and the node's overrides."""
+
+    DECODER: typing.ClassVar[str]
+
+    def _validate_sizes(self, where: str) -> None:
+        _require(self.min_instance_pixels >= 1, where, "min_instance_pixels", self.min_instance_pixels,
+                 "an integer >= 1")
+        _require(self.stuff_min_area >= 0, where, "stuff_min_area", self.stuff_min_area, "an integer >= 0")
+
+    def bandwidths_for(self, thing_ids) -> dict[int, float]:
+        return {}  # no mean shift, nothing to tune per class
+
+    def with_node_filters(self, bandwidths: dict[int, float], min_instance_pixels: int, stuff_min_area: int):
+        """The node's overrides: no bandwidths, the smallest instance and stuff area as for embeddings (-1: keep
+        the config's value)."""
+        if bandwidths:
+            raise ConfigError(f"bandwidths.* = {bandwidths!r} is not allowed: the weights' instance decoder is "
+                              f"{self.DECODER}, which has no mean-shift clustering (bandwidths are the embedding "
+                              f"decoder's)")
+        return dataclasses.replace(
+            self, min_instance_pixels=self.min_instance_pixels if min_instance_pixels < 0 else min_instance_pixels,
+            stuff_min_area=self.stuff_min_area if stuff_min_area < 0 else stuff_min_area)
 
 
 @dataclass
-class DCMEPostprocessConfig:
+class DCMEPostprocessConfig(_VotingPostprocess):
     """PanoNet with ``instance_decoder: dcme`` (``predictor.postprocess_dcme``): ``decoders.decode_dcme``'s vote
     grouping (a centre is a vote peak within ``peak_radius`` cells holding ``min_votes`` votes in its window; a
     vote joins the nearest centre within ``max_distance`` cells), instances of at least ``min_instance_pixels``
     cells at 1/4 resolution, then the panoptic merge as for embeddings (``stuff_min_area``)."""
 
+    DECODER = "dcme"
     peak_radius: int = 2
     min_votes: int = 3
     max_distance: float = 5.0
@@ -282,25 +297,17 @@ class DCMEPostprocessConfig:
         _require(self.peak_radius >= 0, where, "peak_radius", self.peak_radius, "an integer >= 0")
         _require(self.min_votes >= 1, where, "min_votes", self.min_votes, "an integer >= 1")
         _require(self.max_distance > 0, where, "max_distance", self.max_distance, "a number of cells > 0")
-        _require(self.min_instance_pixels >= 1, where, "min_instance_pixels", self.min_instance_pixels,
-                 "an integer >= 1")
-        _require(self.stuff_min_area >= 0, where, "stuff_min_area", self.stuff_min_area, "an integer >= 0")
-
-    def bandwidths_for(self, thing_ids) -> dict[int, float]:
-        return {}  # no mean shift, nothing to tune per class
-
-    def with_node_filters(self, bandwidths: dict[int, float], min_instance_pixels: int,
-                          stuff_min_area: int) -> "DCMEPostprocessConfig":
-        return _voting_node_filters(self, "dcme", bandwidths, min_instance_pixels, stuff_min_area)
+        self._validate_sizes(where)
 
 
 @dataclass
-class BridgingPostprocessConfig:
+class BridgingPostprocessConfig(_VotingPostprocess):
     """PanoNet with ``instance_decoder: bridging`` (``predictor.postprocess_bridging``): ``decoders.decode_bridging``
     (pixel boxes of the ``top_n`` class masks, NMS at ``iou_threshold``, region NMS at ``region_iou_threshold``),
     instances of at least ``min_instance_pixels`` cells at 1/4 resolution, then the panoptic merge as for
     embeddings (``stuff_min_area``)."""
 
+    DECODER = "bridging"
     top_n: int = 1
     iou_threshold: float = 0.5
     region_iou_threshold: float = 0.5
@@ -311,16 +318,7 @@ class BridgingPostprocessConfig:
         _require(self.top_n >= 1, where, "top_n", self.top_n, "an integer >= 1")
         for key in ("iou_threshold", "region_iou_threshold"):
             _require(0 <= getattr(self, key) < 1, where, key, getattr(self, key), "an IoU in [0, 1)")
-        _require(self.min_instance_pixels >= 1, where, "min_instance_pixels", self.min_instance_pixels,
-                 "an integer >= 1")
-        _require(self.stuff_min_area >= 0, where, "stuff_min_area", self.stuff_min_area, "an integer >= 0")
-
-    def bandwidths_for(self, thing_ids) -> dict[int, float]:
-        return {}  # no mean shift, nothing to tune per class
-
-    def with_node_filters(self, bandwidths: dict[int, float], min_instance_pixels: int,
-                          stuff_min_area: int) -> "BridgingPostprocessConfig":
-        return _voting_node_filters(self, "bridging", bandwidths, min_instance_pixels, stuff_min_area)
+        self._validate_sizes(where)
 
 
 MERGES = ("panoptic_fpn", "fusion")
