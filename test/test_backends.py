@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from panoptic_ros import export as export_cli
-from panoptic_ros.backends import (BackendError, Networks, artefact_paths, compile_available, model_digest,
+from panoptic_ros.backends import (SUFFIXES, BackendError, Networks, artefact_paths, compile_available, model_digest,
                                    onnxruntime_available, resolve_backend)
 from panoptic_ros.predictor import Predictor
 
@@ -55,38 +55,6 @@ def test_digest_follows_the_weights(tiny_weights):
     with torch.no_grad():
         next(model.parameters()).view(-1)[0] += 1
     assert model_digest(model) != before
-
-
-@pytest.mark.slow
-@needs_onnxruntime
-def test_onnxruntime_predictor_matches_eager_and_caches_its_artefact(tiny_weights, tmp_path, capfd):
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 255, (72, 100, 3), dtype=np.uint8)
-    eager = Predictor.from_weights(tiny_weights, device="cpu")
-    fast = Predictor.from_weights(tiny_weights, device="cpu", backend="onnxruntime", cache_dir=tmp_path)
-    assert fast.backend == "onnxruntime"
-    expected, got = eager(rgb), fast(rgb)
-    assert "exporting the network for onnxruntime at 100x72" in capfd.readouterr().err  # said, not silent
-    assert (expected.semantic == got.semantic).float().mean() >= 0.999
-    np.testing.assert_allclose(fast.run_network(rgb).logits, eager.run_network(rgb).logits, atol=1e-4)
-    key = fast.network.key(72, 100)
-    model_path, key_path = artefact_paths(tmp_path, key)
-    stored = json.loads(key_path.read_text())
-    assert stored["digest"] == key.digest and stored["argmax_agreement"] >= 0.999 and model_path.is_file()
-    again = Predictor.from_weights(tiny_weights, device="cpu", backend="onnxruntime", cache_dir=tmp_path,
-                                   build_missing=False)
-    again(rgb)  # the cached artefact: no export, no error
-    assert "exporting" not in capfd.readouterr().err
-    stored["version"] = "onnxruntime 0.0"  # built by another version: stale
-    key_path.write_text(json.dumps(stored))
-    refusing = Predictor.from_weights(tiny_weights, device="cpu", backend="onnxruntime", cache_dir=tmp_path,
-                                      build_missing=False)
-    with pytest.raises(BackendError, match=r"missing or stale\); build it with: python -m panoptic_ros.export "
-                                           r".* --backend onnxruntime --resolution 100x72"):
-        refusing(rgb)
-    rebuilding = Networks(again.model, "onnxruntime", torch.device("cpu"), "fp32", tmp_path)
-    rebuilding.prepare(72, 100)
-    assert json.loads(key_path.read_text())["version"] != "onnxruntime 0.0"
 
 
 @needs_onnxruntime
@@ -148,33 +116,38 @@ def test_compile_key_records_the_threads_inductor_builds_for(tiny_weights):
 
 
 @pytest.mark.slow
-@needs_compiler
-def test_compile_predictor_matches_eager_and_caches_its_artefact(tiny_weights, tmp_path, capfd):
+@pytest.mark.parametrize("backend", [pytest.param("onnxruntime", marks=needs_onnxruntime),
+                                     pytest.param("compile", marks=needs_compiler)])
+def test_exported_predictor_matches_eager_and_caches_its_artefact(backend, tiny_weights, tmp_path, capfd):
+    """Built once with a message, checked against eager, reloaded from the cache without a rebuild; a key from
+    another version is stale: refused with the command that builds it, or rebuilt."""
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (72, 100, 3), dtype=np.uint8)
     eager = Predictor.from_weights(tiny_weights, device="cpu")
-    fast = Predictor.from_weights(tiny_weights, device="cpu", backend="compile", cache_dir=tmp_path)
-    assert fast.backend == "compile"
+    fast = Predictor.from_weights(tiny_weights, device="cpu", backend=backend, cache_dir=tmp_path)
+    assert fast.backend == backend
     expected, got = eager(rgb), fast(rgb)
-    assert "exporting the network for compile at 100x72" in capfd.readouterr().err  # said, not silent
+    assert f"exporting the network for {backend} at 100x72" in capfd.readouterr().err  # said, not silent
     assert (expected.semantic == got.semantic).float().mean() >= 0.999
     np.testing.assert_allclose(fast.run_network(rgb).logits, eager.run_network(rgb).logits, atol=1e-4)
     key = fast.network.key(72, 100)
     model_path, key_path = artefact_paths(tmp_path, key)
     stored = json.loads(key_path.read_text())
-    assert model_path.suffix == ".pt2" and model_path.is_file()
-    assert stored["version"] == key.version and stored["argmax_agreement"] >= 0.999
-    again = Predictor.from_weights(tiny_weights, device="cpu", backend="compile", cache_dir=tmp_path,
+    assert model_path.suffix == SUFFIXES[backend] and model_path.is_file()
+    assert stored["digest"] == key.digest and stored["version"] == key.version and stored["argmax_agreement"] >= 0.999
+    again = Predictor.from_weights(tiny_weights, device="cpu", backend=backend, cache_dir=tmp_path,
                                    build_missing=False)
     np.testing.assert_array_equal(again(rgb).semantic, got.semantic)  # the cached artefact, not rebuilt
     assert "exporting" not in capfd.readouterr().err
-    stored["version"] = "torch 0.0, AOTInductor, 1 threads"  # built by another torch: stale
+    stored["version"] = "0.0"  # built by another version: stale
     key_path.write_text(json.dumps(stored))
-    refusing = Predictor.from_weights(tiny_weights, device="cpu", backend="compile", cache_dir=tmp_path,
+    refusing = Predictor.from_weights(tiny_weights, device="cpu", backend=backend, cache_dir=tmp_path,
                                       build_missing=False)
     with pytest.raises(BackendError, match=r"missing or stale\); build it with: python -m panoptic_ros.export "
-                                           r".* --backend compile --resolution 100x72"):
+                                           rf".* --backend {backend} --resolution 100x72"):
         refusing(rgb)
+    Networks(again.model, backend, torch.device("cpu"), "fp32", tmp_path).prepare(72, 100)
+    assert json.loads(key_path.read_text())["version"] == key.version  # rebuilt
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
