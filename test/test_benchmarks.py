@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from panoptic_ros.backends import BACKENDS
@@ -60,8 +61,10 @@ def check_result(name: str, result: dict) -> None:
     elif name == "node":
         assert set(result["overhead_2048x1024"]) == {"default", "default_synchronous", "all"}
         assert result["publication_mode"] == "ASYNCHRONOUS"  # launch/panoptic.launch.py's default
+        assert len(result["overhead_2048x1024"]["default"]["node_overhead_ms_per_run"]) == (1 if result["quick"] else 3)
         for run in result["overhead_2048x1024"].values():
             assert run["node_overhead_share"] == pytest.approx(run["node_overhead_ms"] / run["median_ms"]["total"])
+            assert run["node_overhead_ms"] == pytest.approx(float(np.median(run["node_overhead_ms_per_frame"])))
             assert {f"publish.{output}" for output in run["outputs"]} <= set(run["median_ms"])
     elif name == "mirror":
         for run in result["results"].values():
