@@ -52,7 +52,7 @@ bench: setup-kilted
 
 # Mutation testing of the core modules (not part of `make test` or CI): scripts/mutate.py runs mutmut
 # (requirements-dev.txt, installed here) module by module, each in a snapshot of the tree under build/mutation/
-# and against its own test files; prints killed / tested per module (benchmarks/results/mutation.md has the
+# and against its own test files; prints killed / tested per module (docs/mutation.md has the
 # measured scores and run times). MODULES='runtime images' runs some.
 mutate: setup-kilted
 	$(PY) -m pip install -q -r requirements-dev.txt -c requirements.txt

@@ -1,5 +1,5 @@
 """`make mutate`: mutation testing of the core modules with mutmut, one module at a time, each against only its
-own test files (issue #14; results in benchmarks/results/mutation.md).
+own test files (issue #14; results in docs/mutation.md).
 
 For each module: a snapshot of the tree (tracked and untracked files, the generated messages and op) in
 build/mutation/<name>/, so edits made meanwhile stay out of the run; a [mutmut] section in its setup.cfg naming the
@@ -48,6 +48,8 @@ MODULES = {
     "conversions": ("panoptic_ros/ros/conversions.py", ["panoptic_ros.ros.conversions.*"],
                     ["test/ros/test_messages.py", "test/ros/test_node_outputs.py", "test/ros/test_conversions.py"], []),
     # the node's output encoding; the ONNX Runtime test (40 s, it exports a network) adds nothing to it
+    # the IMP op's reference implementation, the oracle its CPU / CUDA kernels are tested against
+    "ops": ("panoptic_ros/ops/_reference.py", ["panoptic_ros.ops._reference.*"], ["test/ops/test_imp.py"], []),
     "node": ("panoptic_ros/ros/panoptic_node.py", ["panoptic_ros.ros.panoptic_node.xǁPanopticNodeǁ_publish__mutmut_*"],
              ["test/ros/test_node_outputs.py", "test/ros/test_panoptic_node.py"],
              ["--deselect", "test/ros/test_panoptic_node.py::test_onnxruntime_backend_and_a_refused_missing_artefact"]),
