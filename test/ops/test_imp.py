@@ -43,11 +43,18 @@ def assert_same_bits(a, b):
 # ---------------------------------------------------------------- hand-worked canvases
 
 
+@pytest.fixture(params=[project_instance_masks, project_instance_masks_reference], ids=["kernel", "reference"])
+def project(request):
+    """The hand-worked cases hold for the compiled kernel and for the reference alike. The reference is the oracle
+    of the randomised comparisons, so a bug in it must fail here, not only show as a kernel mismatch."""
+    return request.param
+
+
 @pytest.mark.parametrize("sampling", SAMPLING)
-def test_cells_cover_box_pixels_scaled_by_score(sampling):
+def test_cells_cover_box_pixels_scaled_by_score(project, sampling):
     # Cells of 2 x 2 pixels aligned to the pixel grid: both rules read the same cell everywhere.
     masks = torch.tensor([[[0.1, 0.2], [0.3, 0.4]]])
-    canvas = project_instance_masks(
+    canvas = project(
         masks, torch.tensor([0.5]), torch.tensor([0]), torch.tensor([[0.0, 0, 4, 4]]), (1, 4, 4), sampling=sampling
     )
     expected = torch.tensor(
@@ -57,20 +64,20 @@ def test_cells_cover_box_pixels_scaled_by_score(sampling):
 
 
 @pytest.mark.parametrize("sampling", SAMPLING)
-def test_box_scale_maps_image_boxes_to_the_canvas(sampling):
+def test_box_scale_maps_image_boxes_to_the_canvas(project, sampling):
     masks = torch.tensor([[[0.1, 0.2], [0.3, 0.4]]])
     image_box = torch.tensor([[0.0, 0, 8, 8]])
     args = (masks, torch.tensor([1.0]), torch.tensor([0]))
-    scaled = project_instance_masks(*args, image_box, (1, 4, 4), box_scale=0.5, sampling=sampling)
-    direct = project_instance_masks(*args, image_box / 2, (1, 4, 4), sampling=sampling)
+    scaled = project(*args, image_box, (1, 4, 4), box_scale=0.5, sampling=sampling)
+    direct = project(*args, image_box / 2, (1, 4, 4), sampling=sampling)
     assert_same_bits(scaled, direct)
     assert scaled[0, 3, 0] == pytest.approx(0.3)
 
 
-def test_centre_rule_covers_only_pixel_centres_inside_the_box():
+def test_centre_rule_covers_only_pixel_centres_inside_the_box(project):
     # Box x in [0.6, 2.4): centres 0.5 and 2.5 are outside, only column 1 (centre 1.5) is covered.
     # Box y in [0.0, 1.5): row 0 (centre 0.5) in, row 1 (centre 1.5) out: the box is half-open.
-    canvas = project_instance_masks(
+    canvas = project(
         torch.tensor([[[0.8]]]), torch.tensor([1.0]), torch.tensor([0]), torch.tensor([[0.6, 0.0, 2.4, 1.5]]), (1, 3, 4),
         sampling="centre",
     )
@@ -79,16 +86,16 @@ def test_centre_rule_covers_only_pixel_centres_inside_the_box():
     assert torch.equal(canvas, expected)
 
 
-def test_overlap_rule_covers_every_pixel_the_box_overlaps_with_positive_area():
+def test_overlap_rule_covers_every_pixel_the_box_overlaps_with_positive_area(project):
     # The same box overlaps columns 0-2 and rows 0-1. Column 3 starts at 3.0 > 2.4; row 2 starts at 2.0 > 1.5.
-    canvas = project_instance_masks(
+    canvas = project(
         torch.tensor([[[0.8]]]), torch.tensor([1.0]), torch.tensor([0]), torch.tensor([[0.6, 0.0, 2.4, 1.5]]), (1, 3, 4)
     )
     expected = torch.zeros(1, 3, 4)
     expected[0, :2, :3] = 0.8
     assert torch.equal(canvas, expected)
     # Touching a pixel only along its edge is no overlap: the box [1, 2) x [0, 1) reads pixel (0, 1) alone.
-    touching = project_instance_masks(
+    touching = project(
         torch.tensor([[[0.8]]]), torch.tensor([1.0]), torch.tensor([0]), torch.tensor([[1.0, 0.0, 2.0, 1.0]]), (1, 3, 4)
     )
     assert torch.nonzero(touching).tolist() == [[0, 0, 1]]
@@ -101,14 +108,14 @@ def bright_column_detection(column: int):
     return masks, torch.ones(1), torch.tensor([0]), torch.tensor([[0.0, 0.0, 8.0, 8.0]])
 
 
-def test_a_column_thinner_than_a_pixel_lands_only_under_the_overlap_rule():
+def test_a_column_thinner_than_a_pixel_lands_only_under_the_overlap_rule(project):
     # Pixel centres j + 0.5 fall in cells floor(3.5 j + 1.75) = 1, 5, 8, 12, 15, 19, 22, 26: column 10 is never
     # sampled by the centre rule. Cell 10 spans [2.86, 3.14) pixels, overlapping pixels 2 and 3, so the overlap
     # rule (Algorithm 1) puts the bright column on canvas columns 2 and 3, in every row.
     args = bright_column_detection(10)
-    centre = project_instance_masks(*args, (1, 8, 8), sampling="centre")
+    centre = project(*args, (1, 8, 8), sampling="centre")
     assert torch.equal(centre, torch.full((1, 8, 8), 0.1))
-    overlap = project_instance_masks(*args, (1, 8, 8), sampling="overlap")
+    overlap = project(*args, (1, 8, 8), sampling="overlap")
     expected = torch.full((1, 8, 8), 0.1)
     expected[0, :, 2:4] = 1.0
     assert torch.equal(overlap, expected)
@@ -116,19 +123,32 @@ def test_a_column_thinner_than_a_pixel_lands_only_under_the_overlap_rule():
     # Cell 7 starts exactly on pixel 2's left edge (7 * 2/7 = 2.0): it is read by pixel 2, not by pixel 1.
     expected = torch.full((1, 8, 8), 0.1)
     expected[0, :, 2] = 1.0
-    assert torch.equal(project_instance_masks(*bright_column_detection(7), (1, 8, 8)), expected)
+    assert torch.equal(project(*bright_column_detection(7), (1, 8, 8)), expected)
 
 
-def test_a_box_smaller_than_a_pixel_projects_its_best_cell_only_under_the_overlap_rule():
+def test_a_box_smaller_than_a_pixel_projects_its_best_cell_only_under_the_overlap_rule(project):
     # At stride 4, a 1.6 x 1.6-pixel image box is 0.4 canvas pixels, inside pixel (1, 1) and short of its centre.
     masks = torch.rand((1, 28, 28), generator=torch.Generator().manual_seed(0))
     args = (masks, torch.tensor([0.5]), torch.tensor([0]), torch.tensor([[4.2, 4.2, 5.8, 5.8]]))
-    assert torch.equal(project_instance_masks(*args, (1, 3, 3), box_scale=0.25, sampling="centre"), torch.zeros(1, 3, 3))
-    overlap = project_instance_masks(*args, (1, 3, 3), box_scale=0.25)
+    assert torch.equal(project(*args, (1, 3, 3), box_scale=0.25, sampling="centre"), torch.zeros(1, 3, 3))
+    overlap = project(*args, (1, 3, 3), box_scale=0.25)
     expected = torch.zeros(1, 3, 3)
     expected[0, 1, 1] = masks.max() * 0.5
     assert torch.equal(overlap, expected)
 
+
+@pytest.mark.parametrize("sampling", SAMPLING)
+def test_a_box_far_thinner_than_a_pixel_reads_only_the_pixel_it_lies_in(project, sampling):
+    # A box 1e-20 pixels wide: every other column lies ~1e20 cells away, beyond int64 unless the cell edges are
+    # clamped before they become integers (an unclamped edge turns into INT64_MIN and reads every cell). Kills the
+    # reference's mutants that drop the upper clamp of the overlap rule's edges.
+    masks = torch.tensor([[[0.1, 0.2], [0.3, 0.4]]])
+    box = torch.tensor([[1e-20, 0.0, 2e-20, 4.0]])
+    canvas = project(masks, torch.ones(1), torch.tensor([0]), box, (1, 4, 4), sampling=sampling)
+    expected = torch.zeros(1, 4, 4)
+    if sampling == "overlap":  # column 0 overlaps the box and reads both cell columns; the centre 0.5 is outside
+        expected[0, :2, 0], expected[0, 2:, 0] = 0.2, 0.4
+    assert torch.equal(canvas, expected)
 
 def test_unknown_sampling_is_rejected():
     with pytest.raises(ValueError, match="sampling must be one of"):
@@ -138,20 +158,20 @@ def test_unknown_sampling_is_rejected():
 
 
 @pytest.mark.parametrize("sampling", SAMPLING)
-def test_overlaps_keep_the_maximum_per_class_plane(sampling):
+def test_overlaps_keep_the_maximum_per_class_plane(project, sampling):
     masks = torch.tensor([[[0.2]], [[0.9]], [[0.7]]])
     scores = torch.ones(3)
     classes = torch.tensor([1, 1, 0])
     boxes = torch.tensor([[0.0, 0, 3, 1], [2.0, 0, 4, 1], [0.0, 0, 1, 1]])
-    canvas = project_instance_masks(masks, scores, classes, boxes, (2, 1, 4), sampling=sampling)
+    canvas = project(masks, scores, classes, boxes, (2, 1, 4), sampling=sampling)
     expected = torch.tensor([[[0.7, 0.0, 0.0, 0.0]], [[0.2, 0.2, 0.9, 0.9]]])
     assert torch.allclose(canvas, expected)
 
 
 @pytest.mark.parametrize("sampling", SAMPLING)
-def test_box_partly_outside_projects_its_visible_cells(sampling):
+def test_box_partly_outside_projects_its_visible_cells(project, sampling):
     masks = torch.tensor([[[0.1, 0.2], [0.3, 0.4]]])
-    canvas = project_instance_masks(
+    canvas = project(
         masks, torch.tensor([1.0]), torch.tensor([0]), torch.tensor([[-2.0, -2, 2, 2]]), (1, 4, 4), sampling=sampling
     )
     expected = torch.zeros(1, 4, 4)
@@ -190,6 +210,7 @@ def test_overlap_ties_inside_one_detection_go_to_the_first_cell_in_row_major_ord
         ([5], [[0.0, 0, 4, 4]]),  # class outside [0, C)
         ([-1], [[0.0, 0, 4, 4]]),  # padding class
         ([0], [[2.0, 0, 2, 4]]),  # zero width
+        ([0], [[0.0, 2, 4, 2]]),  # zero height
         ([0], [[3.0, 0, 1, 4]]),  # x2 < x1
         ([0], [[float("nan"), 0, 4, 4]]),
         ([0], [[0.0, 0, float("inf"), 4]]),
@@ -198,28 +219,28 @@ def test_overlap_ties_inside_one_detection_go_to_the_first_cell_in_row_major_ord
     ],
 )
 @pytest.mark.parametrize("sampling", SAMPLING)
-def test_invalid_detections_project_nothing(classes, boxes, sampling):
-    canvas = project_instance_masks(
+def test_invalid_detections_project_nothing(project, classes, boxes, sampling):
+    canvas = project(
         torch.ones(1, 2, 2), torch.ones(1), torch.tensor(classes), torch.tensor(boxes), (2, 4, 4), sampling=sampling
     )
     assert torch.equal(canvas, torch.zeros(2, 4, 4))
 
 
-def test_a_box_holding_no_pixel_centre_projects_nothing_under_the_centre_rule_only():
+def test_a_box_holding_no_pixel_centre_projects_nothing_under_the_centre_rule_only(project):
     args = (torch.ones(1, 2, 2), torch.ones(1), torch.tensor([0]), torch.tensor([[1.1, 1.1, 1.4, 1.4]]))
-    assert torch.equal(project_instance_masks(*args, (2, 4, 4), sampling="centre"), torch.zeros(2, 4, 4))
-    assert torch.nonzero(project_instance_masks(*args, (2, 4, 4), sampling="overlap")).tolist() == [[0, 1, 1]]
+    assert torch.equal(project(*args, (2, 4, 4), sampling="centre"), torch.zeros(2, 4, 4))
+    assert torch.nonzero(project(*args, (2, 4, 4), sampling="overlap")).tolist() == [[0, 1, 1]]
 
 
 @pytest.mark.parametrize("sampling", SAMPLING)
-def test_negative_and_nan_values_never_reach_the_canvas(sampling):
+def test_negative_and_nan_values_never_reach_the_canvas(project, sampling):
     masks = torch.tensor([[[-0.5, float("nan")]]])
     box = torch.tensor([[0.0, 0, 2, 1]])
-    canvas = project_instance_masks(masks, torch.ones(1), torch.tensor([0]), box, (1, 1, 2), sampling=sampling)
+    canvas = project(masks, torch.ones(1), torch.tensor([0]), box, (1, 1, 2), sampling=sampling)
     assert torch.equal(canvas, torch.zeros(1, 1, 2))
     # A pixel reading a NaN cell and a valid one takes the valid one (the box is half a pixel wide).
     masks = torch.tensor([[[float("nan"), 0.3]]])
-    canvas = project_instance_masks(masks, torch.ones(1), torch.tensor([0]), box / 4, (1, 1, 2), sampling="overlap")
+    canvas = project(masks, torch.ones(1), torch.tensor([0]), box / 4, (1, 1, 2), sampling="overlap")
     assert canvas.tolist() == [[[pytest.approx(0.3), 0.0]]]
 
 
@@ -372,11 +393,11 @@ def test_gradcheck_float64(sampling):
     )
 
 
-def test_tied_pixels_send_their_gradient_to_the_first_detection_only():
+def test_tied_pixels_send_their_gradient_to_the_first_detection_only(project):
     masks = torch.full((2, 1, 1), 0.5, requires_grad=True)
     scores = torch.ones(2, requires_grad=True)
     boxes = torch.tensor([[0.0, 0, 2, 1], [0.0, 0, 2, 1]])
-    project_instance_masks(masks, scores, torch.tensor([0, 0]), boxes, (1, 1, 2)).sum().backward()
+    project(masks, scores, torch.tensor([0, 0]), boxes, (1, 1, 2)).sum().backward()
     assert masks.grad.flatten().tolist() == [2.0, 0.0]
     assert scores.grad.tolist() == [1.0, 0.0]
 
