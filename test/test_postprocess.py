@@ -1,9 +1,11 @@
 """Mean-shift clustering against sklearn, class-wise instances, and the panoptic merge on toy maps."""
 
+import math
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from sklearn.cluster import MeanShift
 from sklearn.metrics import adjusted_rand_score
 
@@ -248,11 +250,15 @@ def test_merge_rejects_thing_class_zero_and_bad_instances():
         merge_panoptic(semantic, instances, [8, 9, 8], CAMVID, instance_scores=[1.0])
 
 
-def test_coarse_cell_index_is_nearest_exact():
-    for size, coarse in ((8, 2), (10, 3), (7, 7), (5, 9)):
-        ref = F.interpolate(torch.arange(coarse, dtype=torch.float32)[None, None, None], size=(1, size),
-                            mode="nearest-exact")[0, 0, 0].long()
-        assert torch.equal(coarse_cell_index(size, coarse), ref)
+def test_coarse_cell_index_is_the_exact_nearest_exact_rule():
+    """floor((i + 0.5) * coarse / size) in exact rational arithmetic. Pixel centres exactly on a cell edge are
+    where float versions of the rule go wrong: pixel 6 of 13 from 120 cells is at 60 (the old float64 code gave
+    59), pixel 11 of 23 from 14 cells at 7 (F.interpolate's float32 "nearest-exact" gives 6)."""
+    for size, coarse in ((8, 2), (10, 3), (7, 7), (5, 9), (23, 14), (13, 120), (13, 106), (360, 90), (1023, 257)):
+        exact = [math.floor((i + Fraction(1, 2)) * coarse / size) for i in range(size)]
+        assert coarse_cell_index(size, coarse).tolist() == exact, (size, coarse)
+    assert coarse_cell_index(13, 120)[6] == 60 and coarse_cell_index(23, 14)[11] == 7
+    assert coarse_cell_index(23, 14).dtype == torch.int64
 
 
 def test_thing_pixels_join_the_nearest_instance_of_their_class_without_void_rims():
