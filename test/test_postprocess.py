@@ -1,6 +1,7 @@
 """Mean-shift clustering against sklearn, class-wise instances, and the panoptic merge on toy maps."""
 
 import math
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -413,3 +414,161 @@ def test_a_class_with_more_instances_than_ids_keeps_its_best_by_score_then_area(
     cars = [s for s in result.segments if s.class_id == 8]
     assert len(cars) == 1000 and min(s.score for s in cars) == 0.5
     assert next(s for s in cars if s.id == 8 * INSTANCE_OFFSET + kept.index(6)).area == 3
+
+
+# ---- branches and boundaries found by mutation testing (scripts/mutate.py postprocess); each test names the
+# ---- mutants it kills
+
+
+def test_cluster_instances_rejects_each_wrong_shape_with_both_shapes_named():
+    """Either argument wrong alone is enough (kills ``or`` -> ``and``); the message names both shapes (kills
+    ``ValueError(None)`` and ``tuple(None)``)."""
+    embedding, semantic = toy_instances()
+    for bad_embedding, bad_semantic in ((embedding[0], semantic), (embedding, semantic[:, :5])):
+        shapes = f"got {tuple(bad_embedding.shape)} and {tuple(bad_semantic.shape)}"
+        with pytest.raises(ValueError, match=re.escape(f"of the same H, W; {shapes}")):
+            cluster_instances(bad_embedding, bad_semantic, {8: 0.5})
+
+
+def test_cluster_instances_numbers_on_across_three_classes_and_returns_int64_when_none():
+    """Instances of a third class continue the numbering of the first two (kills ``n_instances += kept`` ->
+    ``=``); with no thing class present the classes are an empty int64 tensor (kills the empty branch's
+    ``torch.zeros`` mutants and ``if classes or True``)."""
+    embedding, semantic = toy_instances()
+    semantic = semantic.clone()
+    semantic[3, 4:] = 10  # the road under car B becomes a third thing class (bicyclist), one cluster
+    result = cluster_instances(embedding, semantic, {8: 0.5, 9: 0.5, 10: 0.5})
+    assert result.classes.tolist() == [8, 8, 9, 10]
+    assert result.ids[3].tolist() == [0, 0, -1, 2, 3, 3]
+    none = cluster_instances(embedding, torch.full_like(semantic, 3), {8: 0.5, 9: 0.5})
+    assert (none.ids == -1).all() and none.classes.dtype == torch.int64 and none.classes.shape == (0,)
+
+
+def test_cluster_instances_passes_max_iter_on():
+    """60 Gaussian points, bandwidth 1.2: one mean-shift step leaves 5 modes where 300 steps converge to 2;
+    ``cluster_instances`` must give ``cluster_embeddings``' result for the same ``max_iter`` (kills dropping or
+    replacing the argument)."""
+    embedding = torch.randn(60, 2, generator=torch.Generator().manual_seed(0)).t().reshape(2, 1, 60)
+    semantic = torch.full((1, 60), 8)
+    points = embedding[:, 0].t()
+    one, converged = cluster_embeddings(points, 1.2, max_iter=1), cluster_embeddings(points, 1.2)
+    assert not torch.equal(one, converged)  # the case tells the two apart
+    for max_iter, labels in ((1, one), (300, converged)):
+        assert torch.equal(cluster_instances(embedding, semantic, {8: 1.2}, max_iter=max_iter).ids[0], labels)
+
+
+def test_assign_thing_pixels_rejects_each_wrong_shape_with_both_shapes_named():
+    semantic, coarse = torch.zeros(4, 4, dtype=torch.int64), torch.zeros(2, 2, dtype=torch.int64)
+    for bad_semantic, bad_coarse in ((semantic[0], coarse), (semantic, coarse[0])):
+        shapes = f"got {tuple(bad_semantic.shape)} and {tuple(bad_coarse.shape)}"
+        with pytest.raises(ValueError, match=re.escape(f"[H, W] and [h, w]; {shapes}")):
+            assign_thing_pixels(bad_semantic, bad_coarse, torch.tensor([8]), (8,))
+
+
+def test_assign_thing_pixels_defaults_reach_two_cells_and_keep_one_pixel_components():
+    """Defaults: an instance grows 2 cells (a pixel 3 cells away is not reached: kills ``max_distance=3``), and
+    a 1-pixel leftover becomes an instance of its own (kills ``min_new_area=2``). Adjacent instances of one class
+    keep their own cells (kills ``reach > 0`` -> ``> 1``, which lets instance 1 overwrite instance 0's cell)."""
+    coarse = torch.tensor([[0, 1, -1, -1, -1, -1]])
+    semantic = torch.tensor([[8, 8, 8, 8, 3, 8]])  # 1x6 at full resolution = coarse resolution
+    ids, classes = assign_thing_pixels(semantic, coarse, torch.tensor([8, 8]), (8,))
+    assert ids.tolist() == [[0, 1, 1, 1, -1, 2]] and classes.tolist() == [8, 8, 8]
+
+
+def test_assign_thing_pixels_ignores_stuff_void_and_negative_ids_next_to_a_thing():
+    """Class 0 (stuff), -1 and -2 never join the class-1 instance beside them (kills ``semantic.clamp(min=-1)``
+    -> ``min=+1``, which reads class 0 and -1 as class 1, and -> ``min=-2``, which reads -2 as the largest id)."""
+    semantic = torch.tensor([[1, 0, -1, -2]])
+    ids, classes = assign_thing_pixels(semantic, torch.tensor([[0, 0, 0, 0]]), torch.tensor([1]), (1,))
+    assert ids.tolist() == [[0, -1, -1, -1]] and classes.tolist() == [1]
+
+
+def test_assign_thing_pixels_numbers_new_instances_per_component_and_class():
+    """With no given instance, leftovers form new ones numbered from 0 (kills ``new_ids >= 0`` -> ``> 0`` / ``>= 1``):
+    two components of class 8 (kills ``+ 1`` -> ``- 1`` on component labels and ``n + arange`` -> ``n - arange``),
+    then class 9's after a class-8 component below ``min_new_area`` (kills ``continue`` -> ``break``, ``n +=`` ->
+    ``n =`` / ``n -=``)."""
+    semantic = torch.tensor([[8, 3, 8, 8, 3, 9, 9, 3, 5, 3, 9]])
+    no_instances = torch.zeros(0, dtype=torch.int64)
+    ids, classes = assign_thing_pixels(semantic, torch.full((1, 11), -1), no_instances, (5, 8, 9), min_new_area=2)
+    assert ids.tolist() == [[-1, -1, 0, 0, -1, 1, 1, -1, -1, -1, -1]] and classes.tolist() == [8, 9]
+    ids, classes = assign_thing_pixels(semantic, torch.full((1, 11), -1), no_instances, (5, 8, 9))
+    assert ids.tolist() == [[1, -1, 2, 2, -1, 3, 3, -1, 0, -1, 4]] and classes.tolist() == [5, 8, 8, 9, 9]
+
+
+def test_merge_rejects_each_wrong_shape_and_too_large_tables_with_their_message():
+    """Kills ``or`` -> ``and`` in the shape check, ``ValueError(None)`` / ``tuple(None)`` in its message,
+    ``table[0]`` -> ``table[1]`` in the class-0 message, and ``len(table) > INSTANCE_OFFSET`` -> ``>=`` (a table of
+    exactly INSTANCE_OFFSET classes is accepted)."""
+    semantic, instances, classes = toy_panoptic()
+    for bad_semantic, bad_instances in ((semantic[0], instances[0]), (semantic, instances[:, :5])):
+        with pytest.raises(ValueError, match=re.escape(
+                f"both be [H, W]; got {tuple(bad_semantic.shape)} and {tuple(bad_instances.shape)}")):
+            merge_panoptic(bad_semantic, bad_instances, classes, CAMVID)
+    table = ClassTable("bad", (ClassInfo(0, "car", True, (0, 0, 0)), ClassInfo(1, "road", False, (1, 1, 1))), 2)
+    with pytest.raises(ValueError, match=re.escape("class table 'bad': class 0 ('car') is a thing")):
+        merge_panoptic(semantic, instances, [], table)
+    many = [ClassInfo(i, f"c{i}", False, (0, 0, 0)) for i in range(INSTANCE_OFFSET)]
+    one = torch.zeros(1, 1, dtype=torch.int64)
+    assert merge_panoptic(one + 999, one - 1, [], ClassTable("full", tuple(many), 255)).panoptic.tolist() == [[999]]
+    too_many = ClassTable("too many", (*many, ClassInfo(INSTANCE_OFFSET, "x", False, (0, 0, 0))), 255)
+    with pytest.raises(ValueError, match=re.escape(f"class table 'too many' has {INSTANCE_OFFSET + 1} classes; stuff "
+                                                   f"ids must stay below INSTANCE_OFFSET = {INSTANCE_OFFSET}")):
+        merge_panoptic(one, one - 1, [], too_many)
+
+
+def test_merge_voids_the_tables_own_ignore_id_by_default():
+    """A table whose ignore id is a class id inside the table: by default its pixels are void (kills
+    ``table.ignore_id if ignore_id is None`` -> never taking the table's)."""
+    table = ClassTable("ignore inside", (ClassInfo(0, "road", False, (0, 0, 0)), ClassInfo(1, "unlabelled", False,
+                                                                                          (1, 1, 1))), 1)
+    semantic = torch.tensor([[0, 1]])
+    assert merge_panoptic(semantic, semantic * 0 - 1, [], table).panoptic.tolist() == [[0, VOID_ID]]
+
+
+def test_merge_all_void_and_instances_without_pixels_give_no_segments():
+    """An image that is void everywhere has no segments and an all-zero segment map (kills the empty branch's
+    ``torch.zeros`` mutants in ``_segments``); an instance with no pixels gets no segment (kills ``area > 0`` ->
+    ``>= 0``)."""
+    semantic = torch.full((2, 3), 11)  # CamVid's ignore id
+    result = merge_panoptic(semantic, torch.full_like(semantic, -1), [], CAMVID)
+    assert result.segments == [] and result.segment_map.tolist() == [[0, 0, 0], [0, 0, 0]]
+    semantic, instances, _ = toy_panoptic()
+    instances = torch.where(instances >= 0, instances + 1, -1)  # instance 0 has no pixels
+    result = merge_panoptic(semantic, instances, [8, 8, 9, 8], CAMVID)
+    assert [s.id for s in result.segments] == [0, 1, 3, 8000, 8001, 9000]
+
+
+def test_merge_writes_the_segment_map_into_the_given_buffer():
+    """``segment_map_out`` receives the same map as without it and is returned; a buffer of the wrong shape or
+    dtype is refused, each alone (kills the out branch's mutants: its checks, index_select arguments and the
+    returned fields)."""
+    semantic, instances, classes = toy_panoptic()
+    plain = merge_panoptic(semantic, instances, classes, CAMVID)
+    out = torch.full(semantic.shape, 7, dtype=torch.int16)
+    result = merge_panoptic(semantic, instances, classes, CAMVID, segment_map_out=out)
+    assert result.segment_map is out and torch.equal(out, plain.segment_map)
+    assert torch.equal(result.panoptic, plain.panoptic) and result.segments == plain.segments
+    for bad in (torch.zeros(semantic.shape, dtype=torch.int32), torch.zeros((4, 5), dtype=torch.int16)):
+        with pytest.raises(ValueError, match=re.escape(f"segment_map_out must be int16 (4, 6), got {bad.dtype} "
+                                                       f"{tuple(bad.shape)}")):
+            merge_panoptic(semantic, instances, classes, CAMVID, segment_map_out=bad)
+
+
+def test_segment_map_conversions_at_their_limits():
+    """65535 increasing ids fit (kills ``len(ids) > 65535`` -> ``>=``); equal ids are refused and consecutive ones
+    accepted (kills ``diff <= 0`` -> ``< 0`` / ``<= 1``); an id past a single segment is "no segment", not an
+    IndexError (kills ``max(len - 1, 0)`` -> ``max(len - 1, 1)``); the message lists the first five missing ids
+    (kills its mutants); ids come back as int32 (kills the lookup table's dtype mutants)."""
+    from panoptic_ros.postprocess import ids_from_segment_map, segment_map_from_ids
+
+    ids = list(range(65535))
+    assert segment_map_from_ids(np.array([[65534, -1]]), ids).tolist() == [[65535, 0]]
+    with pytest.raises(ValueError, match="increasing"):
+        segment_map_from_ids(np.array([[3]]), [3, 3])
+    assert segment_map_from_ids(np.array([[4]]), [3, 4]).tolist() == [[2]]
+    with pytest.raises(ValueError, match=re.escape("panoptic ids [8000] have no segment")):
+        segment_map_from_ids(np.array([[8000]]), [3])
+    with pytest.raises(ValueError, match=re.escape("panoptic ids [1, 2, 4, 5, 6] have no segment")):
+        segment_map_from_ids(np.array([[7, 6, 5, 4, 3, 2, 1, -1]]), [3])
+    assert ids_from_segment_map(np.array([[1, 0]], np.uint16), [8000]).dtype == np.int32
