@@ -241,3 +241,49 @@ def test_output_buffers_receive_the_final_maps_without_a_copy(predictor):
 
     with pytest.raises(ValueError, match="segment_map_out must be int16"):
         merge_panoptic(plain.semantic, torch.full((90, 130), -1), [], CAMVID, segment_map_out=torch.zeros(90, 130))
+
+
+def test_resolve_device_and_its_message_without_cuda(monkeypatch):
+    """``auto`` is the CPU without CUDA and CUDA with it; an unavailable CUDA device is refused with the request
+    named. Kills the ``auto`` branch's and the check's mutants (``cuda`` -> other strings, ``and`` -> ``or``,
+    ``ValueError(None)``)."""
+    from panoptic_ros.predictor import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"^device 'cuda:1' requested but CUDA is not available$"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda:1")
+
+
+def test_first_image_takes_image_zero_of_every_kind_of_output():
+    """A batch tensor gives its image 0 (floating -> float32, integers kept); a list gives its first dict with
+    floating tensors as float32; a dict applies both to each value. Kills ``outputs[0]`` -> ``outputs[1]``, the
+    float conversions dropped and the type branches swapped."""
+    from panoptic_ros.predictor import first_image
+
+    batch = torch.arange(6, dtype=torch.float16).reshape(2, 3)
+    assert first_image(batch).dtype == torch.float32 and first_image(batch).tolist() == [0.0, 1.0, 2.0]
+    ints = torch.arange(6).reshape(2, 3)
+    assert first_image(ints).dtype == torch.int64 and first_image(ints).tolist() == [0, 1, 2]
+    detections = [{"boxes": torch.ones(1, 4, dtype=torch.float16), "labels": torch.tensor([3])},
+                  {"boxes": torch.zeros(1, 4), "labels": torch.tensor([5])}]
+    first = first_image(detections)
+    assert first["boxes"].dtype == torch.float32 and first["boxes"].tolist() == [[1.0] * 4]
+    assert first["labels"].tolist() == [3]
+    nested = first_image({"semantic": batch, "detections": detections})
+    assert nested["semantic"].tolist() == [0.0, 1.0, 2.0] and nested["detections"]["labels"].tolist() == [3]
+
+
+def test_lap_records_milliseconds_since_start_and_returns_now():
+    """Kills ``* 1e3`` -> other factors, ``now - start`` -> ``now + start`` and returning ``start``."""
+    import time
+
+    from panoptic_ros.predictor import lap
+
+    timings = {}
+    start = time.perf_counter() - 0.25  # 250 ms ago
+    now = lap(timings, "stage", start, torch.device("cpu"))
+    assert 250 <= timings["stage"] < 250 + 1e3 * (time.perf_counter() - start - 0.25) + 1
+    assert start + 0.25 <= now <= time.perf_counter()
