@@ -287,3 +287,62 @@ def test_lap_records_milliseconds_since_start_and_returns_now():
     now = lap(timings, "stage", start, torch.device("cpu"))
     assert 250 <= timings["stage"] < 250 + 1e3 * (time.perf_counter() - start - 0.25) + 1
     assert start + 0.25 <= now <= time.perf_counter()
+
+
+def test_to_moves_the_network_rebuilds_it_and_frees_gpu_memory_only_when_moving_to_the_cpu(predictor, monkeypatch):
+    """Kills ``Predictor.to``'s mutants: the device not resolved or stored, the model not moved, the network not
+    rebuilt, and the CPU test of the cache release turned around (with CUDA reported present, moving to the CPU
+    empties the cache once)."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(1))
+    old_network = predictor.network
+    assert predictor.to("cpu") is predictor and predictor.device == torch.device("cpu") and calls == [1]
+    assert predictor.network is not old_network and predictor.network.device == torch.device("cpu")
+    assert all(p.device == torch.device("cpu") for p in predictor.model.parameters())
+    monkeypatch.undo()
+    assert predictor(image()).panoptic.shape == (90, 130)
+
+
+def panonet_output(size=(16, 16)):
+    """A hand-made PanoNet output at 1/4 of 16 x 16: road (class 3, logit 5) on the right half, car (class 8,
+    logit 5) in a 2 x 2-cell block on the left, sky elsewhere; one embedding for every pixel (one car)."""
+    logits = torch.zeros(11, 4, 4)
+    logits[3, :, 2:] = 5.0
+    logits[0, :, :2] = 5.0
+    logits[0, 1:3, :2], logits[8, 1:3, :2] = 0.0, 5.0
+    from panoptic_ros.predictor import NetworkOutput
+
+    return NetworkOutput({"semantic": logits, "embedding": torch.zeros(2, 4, 4)}, size, size, {})
+
+
+def test_postprocess_panonet_scores_instances_by_their_class_softmax_and_drops_small_clusters():
+    """The car's score is the mean over its cells of the class softmax (over classes, dim 0: e^5 / (e^5 + 10));
+    a ``min_instance_pixels`` above its 4 cells drops it (its 64 pixels are also under the new-instance minimum
+    of ceil(5 * 16) = 80: void). Kills ``softmax(0)`` -> ``softmax(1)`` and dropping ``min_instance_pixels``."""
+    from panoptic_ros.config import PostprocessConfig
+    from panoptic_ros.predictor import postprocess_panonet
+
+    kept = postprocess_panonet(panonet_output(), CAMVID, PostprocessConfig(min_instance_pixels=4, stuff_min_area=0))
+    cars = [s for s in kept.segments if s.is_thing]
+    assert [(s.id, s.area) for s in cars] == [(8000, 64)]
+    assert cars[0].score == pytest.approx(np.exp(5) / (np.exp(5) + 10))
+    dropped = postprocess_panonet(panonet_output(), CAMVID, PostprocessConfig(min_instance_pixels=5, stuff_min_area=0))
+    assert not [s for s in dropped.segments if s.is_thing] and (dropped.panoptic[4:12, :8] == VOID_ID).all()
+
+
+def test_postprocess_panoptic_fpn_upsamples_the_logits_by_the_network_stride_of_a_scaled_input():
+    """A 30 x 40 image run at half scale (network input 15 x 20, logits 4 x 5): one logit cell covers 8 image
+    pixels, so the semantic map is the argmax of the logits upsampled bilinearly to 32 x 40 and cut to 30 x 40.
+    Kills the stride's mutants (``4 * height * net_h``, ``5 * height / net_h``, and the same for the width)."""
+    from panoptic_ros.config import DetectionPostprocessConfig
+    from panoptic_ros.predictor import NetworkOutput, postprocess_panoptic_fpn
+
+    logits = torch.randn(11, 4, 5, generator=torch.Generator().manual_seed(3))
+    detections = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0),
+                  "masks": torch.zeros(0, 28, 28)}
+    raw = NetworkOutput({"semantic": logits, "detections": detections}, (30, 40), (15, 20), {})
+    result = postprocess_panoptic_fpn(raw, CAMVID, DetectionPostprocessConfig(stuff_min_area=0))
+    expected = torch.nn.functional.interpolate(logits[None], size=(32, 40), mode="bilinear",
+                                               align_corners=False)[0].argmax(0)[:30, :40]
+    assert torch.equal(result.semantic.long(), expected)
