@@ -572,3 +572,15 @@ def test_segment_map_conversions_at_their_limits():
     with pytest.raises(ValueError, match=re.escape("panoptic ids [1, 2, 4, 5, 6] have no segment")):
         segment_map_from_ids(np.array([[7, 6, 5, 4, 3, 2, 1, -1]]), [3])
     assert ids_from_segment_map(np.array([[1, 0]], np.uint16), [8000]).dtype == np.int32
+
+
+def test_merge_accepts_exactly_max_segments_and_refuses_one_more(monkeypatch):
+    """With the limit lowered to the 6 segments of the toy map (the real 32767 needs a huge image): 6 pass, 5 are
+    too few, with the count in the message. Kills ``len(segments) > MAX_SEGMENTS`` -> ``>=`` and its message's
+    ``ValueError(None)``."""
+    semantic, instances, classes = toy_panoptic()
+    monkeypatch.setattr(postprocess, "MAX_SEGMENTS", 6)
+    assert len(merge_panoptic(semantic, instances, classes, CAMVID).segments) == 6
+    monkeypatch.setattr(postprocess, "MAX_SEGMENTS", 5)
+    with pytest.raises(ValueError, match=re.escape("6 segments: at most 5 fit a 16-bit segment map")):
+        merge_panoptic(semantic, instances, classes, CAMVID)
