@@ -466,13 +466,16 @@ def test_assign_thing_pixels_rejects_each_wrong_shape_with_both_shapes_named():
 
 
 def test_assign_thing_pixels_defaults_reach_two_cells_and_keep_one_pixel_components():
-    """Defaults: an instance grows 2 cells (a pixel 3 cells away is not reached: kills ``max_distance=3``), and
-    a 1-pixel leftover becomes an instance of its own (kills ``min_new_area=2``). Adjacent instances of one class
-    keep their own cells (kills ``reach > 0`` -> ``> 1``, which lets instance 1 overwrite instance 0's cell)."""
-    coarse = torch.tensor([[0, 1, -1, -1, -1, -1]])
-    semantic = torch.tensor([[8, 8, 8, 8, 3, 8]])  # 1x6 at full resolution = coarse resolution
-    ids, classes = assign_thing_pixels(semantic, coarse, torch.tensor([8, 8]), (8,))
-    assert ids.tolist() == [[0, 1, 1, 1, -1, 2]] and classes.tolist() == [8, 8, 8]
+    """Defaults: an instance grows 2 cells (the pixel 3 cells away is not reached: kills ``max_distance=3``), and
+    1-pixel leftovers become instances of their own (kills ``min_new_area=2``). Adjacent instances of one class
+    keep their own cells (kills ``reach > 0`` -> ``> 1``, which lets instance 1 overwrite instance 0's cell). A
+    uint8 semantic map, as the Predictor passes, gives the same (kills dropping ``semantic.to(torch.int64)``: a
+    uint8 index tensor is a mask)."""
+    coarse = torch.tensor([[0, 1, -1, -1, -1, -1, -1]])
+    semantic = torch.tensor([[8, 8, 8, 8, 8, 3, 8]])  # 1x7 at full resolution = coarse resolution
+    for labels in (semantic, semantic.to(torch.uint8)):
+        ids, classes = assign_thing_pixels(labels, coarse, torch.tensor([8, 8]), (8,))
+        assert ids.tolist() == [[0, 1, 1, 1, 2, -1, 3]] and classes.tolist() == [8, 8, 8, 8]
 
 
 def test_assign_thing_pixels_ignores_stuff_void_and_negative_ids_next_to_a_thing():
