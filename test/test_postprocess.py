@@ -587,3 +587,34 @@ def test_merge_accepts_exactly_max_segments_and_refuses_one_more(monkeypatch):
     monkeypatch.setattr(postprocess, "MAX_SEGMENTS", 5)
     with pytest.raises(ValueError, match=re.escape("6 segments: at most 5 fit a 16-bit segment map")):
         merge_panoptic(semantic, instances, classes, CAMVID)
+
+
+def test_merge_voids_small_stuff_of_class_zero_and_far_negative_ids_in_the_segment_map_too():
+    """Only class 0 (sky), below ``stuff_min_area``, and ids far below 0: everything is void, the segment map all 0
+    (kills ``_segments``' empty branch returning code 0, which would mark the sky pixels as segment 1) and a
+    negative id is no index into the class table (kills dropping the lower clamp: ``is_thing[-20]`` is out of
+    range)."""
+    semantic = torch.tensor([[0, 0, -20]])
+    result = merge_panoptic(semantic, torch.full_like(semantic, -1), [], CAMVID, stuff_min_area=5)
+    assert result.segments == [] and result.segment_map.tolist() == [[0, 0, 0]]
+    assert result.panoptic.tolist() == [[VOID_ID] * 3]
+
+
+def test_merge_of_a_uint8_semantic_map_with_many_instances():
+    """The Predictor passes uint8 class maps; with 11 classes and 250 instances the void code (261) does not fit
+    uint8, so the map must be widened before codes are built (kills dropping ``semantic.to(torch.int64)``)."""
+    n = 250
+    instances = torch.cat([torch.arange(n), torch.tensor([-1, -1])])[None]
+    semantic = torch.cat([torch.full((n,), 8), torch.tensor([8, 3])])[None]  # a car pixel outside instances: void
+    wide = merge_panoptic(semantic, instances, [8] * n, CAMVID)
+    narrow = merge_panoptic(semantic.to(torch.uint8), instances, [8] * n, CAMVID)
+    assert wide.panoptic[0, -2:].tolist() == [VOID_ID, 3]
+    assert torch.equal(narrow.panoptic, wide.panoptic) and torch.equal(narrow.segment_map, wide.segment_map)
+
+
+def test_cluster_instances_keeps_one_pixel_clusters_by_default():
+    """The default ``min_pixels`` is 1: two cars one pixel each stay two instances (kills the default 1 -> 2)."""
+    embedding = torch.tensor([[[0.0, 5.0, 0.0]], [[0.0, 5.0, 0.0]]])
+    result = cluster_instances(embedding, torch.tensor([[8, 8, 3]]), {8: 0.5})
+    assert sorted(result.ids[0, :2].tolist()) == [0, 1] and result.ids[0, 2] == -1  # equal density: either order
+    assert result.classes.tolist() == [8, 8]
