@@ -68,8 +68,8 @@ class BagPlayer:
     def play(self, spin: Callable[[float], None] | None = None) -> int:
         """Publish every message once, paced by log time / rate; ``spin(seconds)`` is called instead of sleeping
         (so a caller can service its own subscriptions). Returns the number published. With ``record`` (the
-        default), ``published`` holds when each message of this pass went out and its header stamp; the records
-        of an earlier pass are dropped when a new one starts."""
+        default), ``published`` holds when each message of this pass was handed to ``publish`` and its header
+        stamp; the records of an earlier pass are dropped when a new one starts."""
         start_wall = start_log = None
         count = 0
         self.published = {name: [] for name in self.topics}
@@ -80,9 +80,10 @@ class BagPlayer:
             due = start_wall + (log_time - start_log) / 1e9 / self.rate
             while (wait := due - self.clock()) > 0:
                 (spin or time.sleep)(min(wait, 0.05))
+            sent = time.time()  # before publish: a synchronous publish of a big frame may return after its receipt
             self.publishers[topic].publish(data)
             if self.record:
-                self.published[topic].append((time.time(), self._stamp(topic, data)))
+                self.published[topic].append((sent, self._stamp(topic, data)))
             count += 1
         return count
 
