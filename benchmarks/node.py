@@ -73,7 +73,7 @@ def subscribe_outputs(connection, domain: str, outputs: list[str]) -> None:
     node = rclpy.create_node("bench_subscriber")
     arrived: dict[tuple[int, int], set[str]] = {}
 
-    def receive(msg, name: str) -> None:
+    def record(msg, name: str) -> None:
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         names = arrived.setdefault(stamp, set())
         names.add(name)
@@ -82,7 +82,7 @@ def subscribe_outputs(connection, domain: str, outputs: list[str]) -> None:
             del arrived[stamp]
 
     subscriptions = [node.create_subscription(OUTPUTS[name][0], f"/panoptic_node/{name}",
-                                              lambda m, n=name: receive(m, n), 5) for name in outputs]
+                                              lambda m, n=name: record(m, n), 5) for name in outputs]
     connection.send("ready")
     while not all(s.get_publisher_count() for s in subscriptions):  # matched with the node now running
         rclpy.spin_once(node, timeout_sec=0.05)

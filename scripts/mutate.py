@@ -47,9 +47,9 @@ MODULES = {
     "bags": ("panoptic_ros/bags.py", ["panoptic_ros.bags.*"], ["test/test_bags.py"], []),
     "conversions": ("panoptic_ros/ros/conversions.py", ["panoptic_ros.ros.conversions.*"],
                     ["test/ros/test_messages.py", "test/ros/test_node_outputs.py", "test/ros/test_conversions.py"], []),
-    # the node's output encoding; the ONNX Runtime test (40 s, it exports a network) adds nothing to it
     # the IMP op's reference implementation, the oracle its CPU / CUDA kernels are tested against
     "ops": ("panoptic_ros/ops/_reference.py", ["panoptic_ros.ops._reference.*"], ["test/ops/test_imp.py"], []),
+    # the node's output encoding; the ONNX Runtime test (40 s, it exports a network) adds nothing to it
     "node": ("panoptic_ros/ros/panoptic_node.py", ["panoptic_ros.ros.panoptic_node.xǁPanopticNodeǁ_publish__mutmut_*"],
              ["test/ros/test_node_outputs.py", "test/ros/test_panoptic_node.py"],
              ["--deselect", "test/ros/test_panoptic_node.py::test_onnxruntime_backend_and_a_refused_missing_artefact"]),
