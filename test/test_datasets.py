@@ -165,3 +165,14 @@ def test_jitter_is_brightness_contrast_saturation(offsets, expected):
     out = augment._jitter(rgb)
     want = np.clip(expected(rgb.astype(float)), 0, 255)
     assert out.dtype == np.uint8 and np.abs(out - want).max() <= 1.5
+
+
+def test_normalize_image_values_are_imagenet_normalised_per_channel():
+    """(x / 255 - mean) / std per channel, channels first, from a non-contiguous view too (a flipped image)."""
+    from panoptic_ros.transforms import MEAN, STD
+
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 7, 3), dtype=np.uint8)[:, ::-1]
+    expected = ((rgb.astype(np.float64) / 255 - MEAN) / STD).transpose(2, 0, 1)
+    got = normalize_image(rgb)
+    assert got.dtype == torch.float32 and got.shape == (3, 6, 7)
+    assert np.abs(got.numpy() - expected).max() < 1e-5

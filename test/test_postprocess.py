@@ -618,3 +618,36 @@ def test_cluster_instances_keeps_one_pixel_clusters_by_default():
     result = cluster_instances(embedding, torch.tensor([[8, 8, 3]]), {8: 0.5})
     assert sorted(result.ids[0, :2].tolist()) == [0, 1] and result.ids[0, 2] == -1  # equal density: either order
     assert result.classes.tolist() == [8, 8]
+
+
+def test_merge_codes_voids_thing_codes_the_ignore_class_and_codes_past_the_instances():
+    """Codes as ``panoptic_codes`` makes them, merged directly: a thing class's own code (a car pixel in no
+    instance) and the table's ignore class are void, as is every code from C + K up; a stuff code is its class;
+    an instance code its id. Built by hand on a table whose ignore class is inside it (so its code can occur)."""
+    from panoptic_ros.postprocess import merge_codes, panoptic_codes
+
+    classes = (ClassInfo(0, "road", False, (0, 0, 0)), ClassInfo(1, "car", True, (1, 1, 1)),
+               ClassInfo(2, "unlabelled", False, (2, 2, 2)))
+    table = ClassTable("small", classes, 2)
+    c = 3  # classes; instance 0 is code 3, the void code 4
+    code = torch.tensor([[0, 1, 2, 3, 4, 9]])
+    result = merge_codes(code, [1], table, instance_scores=[0.5])
+    assert result.panoptic.tolist() == [[0, VOID_ID, VOID_ID, 1000, VOID_ID, VOID_ID]]
+    assert [(s.id, s.area, s.bbox, s.score) for s in result.segments] == [(0, 1, (0, 0, 1, 1), 1.0),
+                                                                        (1000, 1, (3, 0, 1, 1), 0.5)]
+    assert result.segment_map.tolist() == [[1, 0, 0, 2, 0, 0]]
+    semantic = torch.tensor([[0, 1, 2, 1, 7, -1]])
+    instances = torch.tensor([[-1, -1, -1, 0, -1, -1]])
+    assert panoptic_codes(semantic, instances, c, 1, 2).tolist() == [[0, 1, 4, 3, 4, 4]]
+    assert torch.equal(merge_panoptic(semantic, instances, [1], table, instance_scores=[0.5]).panoptic,
+                       result.panoptic)
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 9), (1, 1, 1), (2, 1, 5), (2, 6, 1), (4, 33, 40)])
+def test_max3x3_is_max_pool2d_with_padding(shape):
+    """``_max3x3`` (the reach growth of ``assign_thing_pixels``) against torch's 3 x 3 max pool, at the edges and
+    on one-row and one-column planes."""
+    torch.manual_seed(sum(shape))
+    planes = torch.randint(0, 50, shape)
+    expected = torch.nn.functional.max_pool2d(planes[None].float(), 3, stride=1, padding=1)[0].long()
+    assert torch.equal(postprocess._max3x3(planes), expected)

@@ -104,6 +104,69 @@ def test_upsample_argmax_equals_the_argmax_of_bilinear_logits(coarse, size):
     assert torch.equal(upsample_argmax(logits, size), dense)
 
 
+def reference_upsample_labels(logits, labels, label_class, size):
+    """``upsample_labels`` pixel by pixel, as its docstring states it: the bilinear logits' argmax c (torch's
+    interpolation), then of the pixel's four cells (``bilinear_sources``) the one of class c with the largest
+    weight, first of equals in the order top-left, top-right, bottom-left, bottom-right; else the class code c."""
+    from panoptic_ros.predictor import argmax_classes, bilinear_sources
+
+    predicted = argmax_classes(torch.nn.functional.interpolate(logits[None], size=size, mode="bilinear",
+                                                               align_corners=False)[0])
+    (y0, y1, wy), (x0, x1, wx) = (bilinear_sources(n, c) for n, c in zip(size, labels.shape))
+    out = torch.empty(size, dtype=labels.dtype)
+    for i in range(size[0]):
+        for j in range(size[1]):
+            c, best, chosen = int(predicted[i, j]), -1.0, int(predicted[i, j])
+            for y, x, weight in ((y0[i], x0[j], (1 - wy[i]) * (1 - wx[j])), (y0[i], x1[j], (1 - wy[i]) * wx[j]),
+                                 (y1[i], x0[j], wy[i] * (1 - wx[j])), (y1[i], x1[j], wy[i] * wx[j])):
+                if int(label_class[labels[y, x]]) == c and float(weight) > best:
+                    best, chosen = float(weight), int(labels[y, x])
+            out[i, j] = chosen
+    return out
+
+
+@pytest.mark.parametrize("coarse, size", [((6, 8), (24, 32)), ((7, 9), (23, 37)), ((8, 8), (3, 5)),
+                                           ((1, 6), (4, 25)), ((5, 1), (17, 3))])
+def test_upsample_labels_equals_its_pixel_by_pixel_reference(coarse, size):
+    """Instance codes on random logits, at integer, non-integer and downscaling ratios and on one-row and
+    one-column grids: the shortcut for pixels between four cells of one code and the matching for the others
+    give the reference's labels; their classes are exactly ``upsample_argmax``'s."""
+    from panoptic_ros.predictor import argmax_classes, upsample_argmax, upsample_labels
+
+    torch.manual_seed(sum(coarse) + sum(size))
+    k = 5
+    logits = torch.randn(k, *coarse) * 3
+    logits[3, : coarse[0] // 2] += 6  # a region of class 3, cut into instances below
+    classes = argmax_classes(logits).long()
+    instance = torch.arange(coarse[1]).expand(coarse) // 2  # instances of class 3: two columns each
+    labels = torch.where(classes == 3, k + instance, classes).int()
+    label_class = torch.cat([torch.arange(k), torch.full((coarse[1],), 3)])
+    got = upsample_labels(logits, labels, size, label_class)
+    assert got.dtype == torch.int32
+    assert torch.equal(got, reference_upsample_labels(logits, labels, label_class, size))
+    assert torch.equal(label_class[got.long()], upsample_argmax(logits, size).long())
+
+
+def test_upsample_labels_by_hand():
+    """Two car instances side by side (codes 5 and 6 of class 1), 1 x 2 cells to 1 x 8 pixels: bilinear source
+    x = (j + 0.5) / 4 - 0.5, so pixels 0-3 weigh the left cell at least as much (pixel 3: 0.625) and take 5,
+    pixels 4-7 take 6. Then a road cell and a grass cell whose mix peaks at a third class
+    (sidewalk, 2) between them: those pixels take the class code 2, neither cell's label."""
+    from panoptic_ros.predictor import upsample_labels
+
+    logits = torch.zeros(3, 1, 2)
+    logits[1] = 5.0
+    labels = torch.tensor([[5, 6]], dtype=torch.int32)
+    label_class = torch.tensor([0, 1, 2, 0, 0, 1, 1])
+    assert upsample_labels(logits, labels, (1, 8), label_class).tolist() == [[5, 5, 5, 5, 6, 6, 6, 6]]
+    # 1 x 3 from 2 cells: pixel 1's source x is exactly 0.5, equal weights: the top-left cell (5) wins
+    assert upsample_labels(logits, labels, (1, 3), label_class).tolist() == [[5, 5, 6]]
+    logits = torch.tensor([[[2.0, 0.0]], [[0.0, 2.0]], [[1.5, 1.5]]])  # road, car, a class between them
+    labels = torch.tensor([[0, 5]], dtype=torch.int32)  # road, car instance 5
+    # x = 0.125: 1.75 road, 0.25 car, 1.5 class 2 -> road; x = 0.375: 1.25, 0.75, 1.5 -> class 2 (no cell of it)
+    assert upsample_labels(logits, labels, (1, 8), label_class).tolist() == [[0, 0, 0, 2, 2, 5, 5, 5]]
+
+
 def test_argmax_classes_equals_torch_argmax_with_ties():
     from panoptic_ros.predictor import argmax_classes
 
@@ -318,8 +381,8 @@ def panonet_output(size=(16, 16)):
 
 def test_postprocess_panonet_scores_instances_by_their_class_softmax_and_drops_small_clusters():
     """The car's score is the mean over its cells of the class softmax (over classes, dim 0: e^5 / (e^5 + 10));
-    a ``min_instance_pixels`` above its 4 cells drops it (its 64 pixels are also under the new-instance minimum
-    of ceil(5 * 16) = 80: void). Kills ``softmax(0)`` -> ``softmax(1)`` and dropping ``min_instance_pixels``."""
+    a ``min_instance_pixels`` above its 4 cells drops it (its 4 cells are also under the new-instance minimum of
+    5 cells: void). Kills ``softmax(0)`` -> ``softmax(1)`` and dropping ``min_instance_pixels``."""
     from panoptic_ros.config import PostprocessConfig
     from panoptic_ros.predictor import postprocess_panonet
 
