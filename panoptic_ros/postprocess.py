@@ -76,17 +76,74 @@ def mean_shift(points: Tensor, bandwidth: float, *, max_iter: int = 300) -> Mean
     Returns:
         ``MeanShiftResult`` on ``points.device``.
     """
+    return mean_shifts([(points, bandwidth)], max_iter=max_iter)[0]
+
+
+def mean_shifts(problems: list[tuple[Tensor, float]], *, max_iter: int = 300) -> list[MeanShiftResult]:
+    """``mean_shift`` of several independent (points, bandwidth) problems, the small ones climbing together.
+
+    Step 2 costs about thirty small tensor operations per iteration whatever the size, a large part of the time
+    for the few hundred points of one class in a frame. Problems of up to ``_DENSE_PAIRS`` seeds x points climb
+    in one loop, each seed with its own bandwidth and problem, the means of each problem summing its points in
+    one matrix product per iteration (``_DensePoints``): a frame's classes share the loop's bookkeeping and take
+    as many iterations as the slowest of them, not their sum. A seed's arithmetic is that of ``mean_shift`` on
+    its problem alone, so the results are the separate runs' (a product's rows may come in another order).
+    Larger problems climb alone, with ``_PointIndex``.
+    """
+    prepared = [_prepare(points, bandwidth) for points, bandwidth in problems]
+    climbed: list[tuple[Tensor, Tensor] | None] = [None] * len(prepared)
+    dense = [i for i, p in enumerate(prepared) if p is not None and p.dense]
+    if dense:
+        parts = [prepared[i] for i in dense]
+        index = _DensePoints([p.x for p in parts])
+        seeds = torch.cat([p.seeds for p in parts])
+        bandwidths = torch.cat([torch.full((len(p.seeds),), p.bandwidth, dtype=seeds.dtype, device=seeds.device)
+                                for p in parts])
+        problem = torch.cat([torch.full((len(p.seeds),), k, device=seeds.device) for k, p in enumerate(parts)])
+        centres, counts = _climb(index, seeds, bandwidths, problem, max_iter)
+        offset = 0
+        for i, part in zip(dense, parts):
+            climbed[i] = centres[offset:offset + len(part.seeds)], counts[offset:offset + len(part.seeds)]
+            offset += len(part.seeds)
+    results = []
+    for i, p in enumerate(prepared):
+        if p is None:  # no points
+            points = problems[i][0]
+            empty = torch.zeros(0, dtype=torch.int64, device=points.device)
+            results.append(MeanShiftResult(empty, points.new_zeros(0, points.shape[1], dtype=torch.float64), empty))
+            continue
+        centres, counts = climbed[i] or _climb_alone(_index(p), p.seeds, p.bandwidth, max_iter)
+        if not bool((counts > 0).any()):  # every bin seed isolated: the points are the seeds
+            centres, counts = _climb_alone(_index(p), p.x, p.bandwidth, max_iter)
+        results.append(_finish(p, centres, counts))
+    return results
+
+
+@dataclass
+class _Problem:
+    """One mean-shift problem after step 1: points ``x`` [N, E] float64 less their mean ``origin``, the bin
+    ``seeds`` [S, E] (less ``origin`` too), each point's grid cell, and whether it climbs with ``_DensePoints``."""
+
+    x: Tensor
+    origin: Tensor
+    seeds: Tensor
+    bandwidth: float
+    cell_of_point: Tensor
+    n_cells: int
+    dense: bool
+
+
+def _prepare(points: Tensor, bandwidth: float) -> _Problem | None:
+    """Step 1 of ``mean_shift`` (None for no points)."""
     if points.dim() != 2:
         raise ValueError(f"points must be [N, E], got shape {tuple(points.shape)}")
     if not bandwidth > 0 or bandwidth == float("inf"):
         raise ValueError(f"bandwidth must be a finite number > 0, got {bandwidth}")
     device = points.device
     x = points.detach().to(torch.float64)
-    n, e = x.shape
+    n = len(x)
     if n == 0:
-        return MeanShiftResult(torch.zeros(0, dtype=torch.int64, device=device), x.new_zeros(0, e),
-                               torch.zeros(0, dtype=torch.int64, device=device))
-
+        return None
     cells = torch.round(x / bandwidth)
     cell_of_point, first_seen = _unique_rows(cells, integral=True)
     n_cells = len(first_seen)
@@ -95,16 +152,26 @@ def mean_shift(points: Tensor, bandwidth: float, *, max_iter: int = 300) -> Mean
     else:
         bw32 = torch.tensor(bandwidth, dtype=torch.float32, device=device)
         seeds = (cells[torch.sort(first_seen).values].float() * bw32).double()
-
     origin = x.mean(0)  # translation does not change mean shift; small magnitudes keep the expansion accurate
-    x = x - origin
-    if n * len(seeds) <= _DENSE_PAIRS:
-        index = _DensePoints(x)
-    else:
-        index = _PointIndex(x, cell_of_point, n_cells, bandwidth)
-    centres, counts = _climb(index, seeds - origin, bandwidth, max_iter)
-    if not bool((counts > 0).any()):
-        centres, counts = _climb(index, x, bandwidth, max_iter)
+    return _Problem(x - origin, origin, seeds - origin, bandwidth, cell_of_point, n_cells,
+                    dense=n * len(seeds) <= _DENSE_PAIRS)
+
+
+def _index(p: _Problem):
+    """The ball-sum index a problem climbs with alone."""
+    return _DensePoints([p.x]) if p.dense else _PointIndex(p.x, p.cell_of_point, p.n_cells, p.bandwidth)
+
+
+def _climb_alone(index, seeds: Tensor, bandwidth: float, max_iter: int) -> tuple[Tensor, Tensor]:
+    """``_climb`` of one problem's seeds."""
+    return _climb(index, seeds, seeds.new_full((len(seeds),), bandwidth),
+                  torch.zeros(len(seeds), dtype=torch.int64, device=seeds.device), max_iter)
+
+
+def _finish(p: _Problem, centres: Tensor, counts: Tensor) -> MeanShiftResult:
+    """Steps 3 and 4 of ``mean_shift`` on the climbed ``centres`` and their ``counts``."""
+    device, bandwidth, x, origin = p.x.device, p.bandwidth, p.x, p.origin
+    n = len(x)
     centres, counts = centres[counts > 0], counts[counts > 0]
 
     # sklearn keeps centres in a dict keyed by their coordinates: equal centres merge, the later seed's count wins.
@@ -138,17 +205,32 @@ def mean_shift(points: Tensor, bandwidth: float, *, max_iter: int = 300) -> Mean
 
 class _DensePoints:
     """Ball sums over all points at once, for small problems (seeds x points <= ``_DENSE_PAIRS``), where building a
-    ``_PointIndex`` costs more than it prunes. Same within-ball test as ``_PointIndex.ball_sums``."""
+    ``_PointIndex`` costs more than it prunes; for one problem or several (``mean_shifts``), each mean summing the
+    points of its own problem. Same within-ball test as ``_PointIndex.ball_sums``."""
 
-    def __init__(self, x: Tensor):
-        self.points = torch.cat([x, x.new_ones(len(x), 1)], 1)  # [N, E + 1]: the ones column counts
-        self.sq_norms = x.square().sum(1)
+    def __init__(self, parts: list[Tensor]):
+        self.points = [torch.cat([x, x.new_ones(len(x), 1)], 1) for x in parts]  # [N, E + 1]: the ones count
+        self.sq_norms = [x.square().sum(1) for x in parts]
 
-    def ball_sums(self, means: Tensor, bandwidth: float) -> Tensor:
-        """[U, E] means -> [U, E + 1]: sum of the points within ``bandwidth`` of each mean, and their count."""
+    def ball_sums(self, means: Tensor, bandwidth: Tensor, problem: Tensor) -> Tensor:
+        """[U, E] means with their [U] bandwidths and problems -> [U, E + 1]: sum of the points of its problem
+        within the bandwidth of each mean, and their count. The means of a problem go through one matrix product
+        with its points, as if it were alone."""
+        if len(self.points) == 1:
+            return self._sums(0, means, bandwidth)
+        order = torch.argsort(problem, stable=True)
+        means, bandwidth = means.index_select(0, order), bandwidth.index_select(0, order)
+        sums, start = [], 0
+        for k, size in enumerate(torch.bincount(problem, minlength=len(self.points)).tolist()):
+            if size:
+                sums.append(self._sums(k, means[start:start + size], bandwidth[start:start + size]))
+                start += size
+        return sums[0].new_empty(len(order), sums[0].shape[1]).index_copy_(0, order, torch.cat(sums))
+
+    def _sums(self, k: int, means: Tensor, bandwidth: Tensor) -> Tensor:
         threshold = (bandwidth * bandwidth - (means * means).sum(1))[:, None]
-        t = torch.addmm(self.sq_norms[None], means, self.points[:, :-1].t(), alpha=-2.0)
-        return torch.le(t, threshold, out=t) @ self.points
+        t = torch.addmm(self.sq_norms[k][None], means, self.points[k][:, :-1].t(), alpha=-2.0)
+        return torch.le(t, threshold, out=t) @ self.points[k]
 
 
 class _PointIndex:
@@ -182,9 +264,11 @@ class _PointIndex:
         self.bounds = list(zip([0, *ends[:-1]], ends))
         self.dim = x.shape[1]
 
-    def ball_sums(self, means: Tensor, bandwidth: float) -> Tensor:
-        """[U, E] means -> [U, E + 1]: sum of the points within ``bandwidth`` of each mean, and their count."""
+    def ball_sums(self, means: Tensor, bandwidth: Tensor, problem: Tensor) -> Tensor:
+        """[U, E] means with their [U] bandwidths -> [U, E + 1]: sum of the points within the bandwidth of each
+        mean, and their count (one problem: ``problem`` is not read)."""
         r2 = bandwidth * bandwidth
+        bandwidth = bandwidth[:, None]
         out = means.new_zeros(len(means), self.dim + 1)
         gap = torch.cdist(means, self.centres)  # [U, G]
         slack = 1e-9 * (1.0 + self.radii + bandwidth)  # keeps the pruning conservative under rounding
@@ -195,7 +279,7 @@ class _PointIndex:
         for g in torch.nonzero(partial.any(1)).flatten().tolist():
             rows = torch.nonzero(partial[g]).flatten()
             m = means[rows]
-            threshold = (r2 - (m * m).sum(1))[:, None]
+            threshold = (r2[rows] - (m * m).sum(1))[:, None]
             a, b = self.bounds[g]
             acc = means.new_zeros(len(rows), self.dim + 1)
             step = max(1, _CHUNK_ELEMENTS // len(rows))
@@ -227,8 +311,9 @@ def _connected_spheres(centres: Tensor, radii: Tensor, bandwidth: float) -> Tens
         label = new.to(torch.int32)
 
 
-def _climb(index: _PointIndex, seeds: Tensor, bandwidth: float, max_iter: int) -> tuple[Tensor, Tensor]:
-    """Step 2 of ``mean_shift``: [S, E] seeds -> final means [S, E] and points within at the last step [S]."""
+def _climb(index, seeds: Tensor, bandwidth: Tensor, problem: Tensor, max_iter: int) -> tuple[Tensor, Tensor]:
+    """Step 2 of ``mean_shift``: [S, E] seeds with their [S] bandwidths and problems (``mean_shifts``) -> final means
+    [S, E] and points within at the last step [S]."""
     means = seeds.clone()
     counts = torch.zeros(len(seeds), dtype=torch.int64, device=seeds.device)
     active = torch.ones(len(seeds), dtype=torch.bool, device=seeds.device)
@@ -239,15 +324,16 @@ def _climb(index: _PointIndex, seeds: Tensor, bandwidth: float, max_iter: int) -
         if rows.numel() == 0:
             return means, counts
         if iteration == 0:  # seeds are distinct grid cells (or the points, each in a cell of its own)
-            shared, distinct = torch.arange(len(rows), device=rows.device), means[rows]
-        else:
-            shared, first = _unique_rows(means[rows])
-            distinct = means[rows[first]]
-        sums = index.ball_sums(distinct, bandwidth)
+            shared, first = torch.arange(len(rows), device=rows.device), rows
+        else:  # seeds at one mean share its computation; the problem is part of the key
+            shared, first = _unique_rows(torch.cat([means[rows], problem[rows, None].to(means.dtype)], 1))
+            first = rows[first]
+        distinct = means[first]
+        sums = index.ball_sums(distinct, bandwidth[first], problem[first])
         within = sums[:, -1]
         empty = within == 0
         new = torch.where(empty[:, None], distinct, sums[:, :-1] / within.clamp(min=1)[:, None])
-        done = empty | (torch.linalg.vector_norm(new - distinct, dim=1) <= stop) | (iteration == max_iter)
+        done = empty | (torch.linalg.vector_norm(new - distinct, dim=1) <= stop[first]) | (iteration == max_iter)
         means[rows] = new[shared]
         counts[rows] = within[shared].long()
         active[rows] = ~done[shared]
@@ -346,9 +432,9 @@ def cluster_instances(embedding: Tensor, semantic: Tensor, bandwidths: dict[int,
     """Instances of each thing class by mean shift over its pixels' embeddings (paper Sec. III-D).
 
     For each class in ``bandwidths`` (the thing classes, each with its own bandwidth) present in ``semantic``, in
-    increasing class id, the class's pixels are clustered by ``cluster_embeddings``; clusters with fewer than
-    ``min_pixels`` pixels are dropped. Instances are numbered globally by class, then by cluster label (densest
-    first).
+    increasing class id, the class's pixels are clustered by ``mean_shift`` (all classes in one ``mean_shifts``);
+    clusters with fewer than ``min_pixels`` pixels are dropped. Instances are numbered globally by class, then by
+    cluster label (densest first).
 
     Args:
         embedding: [E, H, W] instance embeddings.
@@ -364,10 +450,13 @@ def cluster_instances(embedding: Tensor, semantic: Tensor, bandwidths: dict[int,
     ids = torch.full(semantic.shape, -1, dtype=torch.int64, device=device)
     classes: list[Tensor] = []
     n_instances = 0
-    present = set(torch.unique(semantic).tolist())
-    for class_id in sorted(c for c in bandwidths if c in present):
-        mask = semantic == class_id
-        labels = cluster_embeddings(embedding[:, mask].t(), bandwidths[class_id], max_iter=max_iter)
+    counts = torch.bincount(semantic[semantic >= 0]).tolist()  # pixels per class: which classes are present
+    class_ids = sorted(c for c in bandwidths if 0 <= c < len(counts) and counts[c])
+    masks = [semantic == class_id for class_id in class_ids]
+    results = mean_shifts([(embedding[:, mask].t(), bandwidths[class_id]) for class_id, mask in zip(class_ids, masks)],
+                          max_iter=max_iter)
+    for class_id, mask, result in zip(class_ids, masks, results):
+        labels = result.labels
         keep = torch.bincount(labels) >= min_pixels
         renumber = torch.where(keep, torch.cumsum(keep, 0) - 1 + n_instances, -1)
         ids[mask] = renumber[labels]

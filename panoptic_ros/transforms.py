@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import cv2
@@ -35,7 +36,10 @@ def normalize_image(rgb: np.ndarray, device: torch.device | str = "cpu") -> torc
     numpy and transposing it)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected a uint8 RGB image [H, W, 3], got {rgb.dtype} {rgb.shape}")
-    pixels = torch.from_numpy(np.ascontiguousarray(rgb)).to(device)
+    array = np.ascontiguousarray(rgb)
+    with warnings.catch_warnings():  # a read-only frame (a message's buffer) is only read here
+        warnings.simplefilter("ignore", UserWarning)
+        pixels = torch.from_numpy(array).to(device)
     out = torch.empty((3, *rgb.shape[:2]), dtype=torch.float32, device=pixels.device)
     for channel in range(3):
         torch.mul(pixels[:, :, channel], float(_SCALE[channel]), out=out[channel]).sub_(float(_OFFSET[channel]))

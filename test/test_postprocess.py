@@ -651,3 +651,52 @@ def test_max3x3_is_max_pool2d_with_padding(shape):
     planes = torch.randint(0, 50, shape)
     expected = torch.nn.functional.max_pool2d(planes[None].float(), 3, stride=1, padding=1)[0].long()
     assert torch.equal(postprocess._max3x3(planes), expected)
+
+
+def test_mean_shifts_of_several_problems_equal_their_separate_runs(monkeypatch):
+    """Problems that climb together (``_DensePoints`` of several parts) give each problem's separate result: the
+    same points under two bandwidths (their seeds coincide, so sharing a mean across problems would mix them), a
+    third set, an empty one and one too large to climb with the others (``_PointIndex``); labels, centres
+    and counts as ``mean_shift`` of each alone, and ``cluster_embeddings`` as sklearn."""
+    rng = np.random.default_rng(3)
+    blobs = np.concatenate([rng.normal(c, 0.15, (60, 4)) for c in ((0, 0, 0, 0), (1, 1, 0, 0), (0, 2, 1, 0))])
+    points = torch.from_numpy(blobs)
+    other = torch.from_numpy(rng.normal(0, 0.2, (40, 4)) + 3)
+    problems = [(points, 0.5), (points, 1.2), (other, 0.3), (points[:0], 0.5)]
+    problems.append((points, 0.25))  # 180 points x 99 bin seeds, more than the others (at most 33 seeds)
+    monkeypatch.setattr(postprocess, "_DENSE_PAIRS", 180 * 99 - 1)  # so that it climbs alone, with _PointIndex
+    assert [postprocess._prepare(x, b).dense for x, b in problems if len(x)] == [True, True, True, False]
+    together = postprocess.mean_shifts(problems)
+    for (x, bandwidth), result in zip(problems, together):
+        alone = postprocess.mean_shift(x, bandwidth)
+        assert torch.equal(result.labels, alone.labels) and torch.equal(result.intensities, alone.intensities)
+        assert torch.allclose(result.centres, alone.centres, rtol=0, atol=1e-12)
+    expected = MeanShift(bandwidth=0.5, bin_seeding=True, min_bin_freq=1, cluster_all=True).fit_predict(blobs)
+    assert adjusted_rand_score(expected, together[0].labels.numpy()) == 1.0
+    assert len(together[1].centres) < len(together[0].centres) and len(together[3].labels) == 0
+    # 1-D, bandwidth 0.5, both problems centred on 0.125 (climbing subtracts the mean): the seed at 0 of each moves
+    # to 0.125, where they part (0.5625 is within 0.5 of 0.125, not of 0); one computation for the two equal means
+    # would give one problem the other's points, in whichever order they come
+    a = torch.tensor([[0.0], [0.25]], dtype=torch.float64)
+    b = torch.tensor([[0.0], [0.25], [0.5625], [1.0], [-1.1875]], dtype=torch.float64)
+    for first, second in ((a, b), (b, a)):
+        for x, result in zip((first, second), postprocess.mean_shifts([(first, 0.5), (second, 0.5)])):
+            alone = postprocess.mean_shift(x, 0.5)
+            assert torch.equal(result.centres, alone.centres) and torch.equal(result.intensities, alone.intensities)
+    assert postprocess.mean_shift(a, 0.5).centres.tolist() == [[0.125]]
+
+
+def test_cluster_instances_clusters_every_class_together_as_each_alone():
+    """Three classes in one call give the instances of three calls with one class each, numbered on by class."""
+    rng = np.random.default_rng(4)
+    semantic = torch.from_numpy(rng.choice([0, 8, 9, 10], (12, 20)))
+    embedding = torch.from_numpy(rng.normal(0, 1, (3, 12, 20)))
+    bandwidths = {8: 0.8, 9: 1.0, 10: 1.4}
+    together = cluster_instances(embedding, semantic, bandwidths)
+    offset = 0
+    for class_id, bandwidth in bandwidths.items():
+        alone = cluster_instances(embedding, semantic, {class_id: bandwidth})
+        mask = semantic == class_id
+        assert torch.equal(together.ids[mask], alone.ids[mask] + offset)
+        offset += len(alone.classes)
+    assert together.classes.tolist() == sorted(together.classes.tolist()) and len(together.classes) == offset
