@@ -47,6 +47,9 @@ from panoptic_ros.ros.replay import NODE, Recorder, start_node, stop_node
 from .common import environment, report
 
 REPO = Path(__file__).resolve().parents[1]
+# The node's network runs eager here: this benchmark measures the node around the Predictor, whose backends
+# benchmarks.panonet and benchmarks.baseline compare (the default, auto, would first export an artefact).
+NETWORK = "eager"
 
 
 def rgb8_msg(rgb: np.ndarray, stamp_ns: int) -> Image:
@@ -109,7 +112,8 @@ def overhead(rgb: np.ndarray, frames: int, outputs: list[str]) -> dict:
         target=subscribe_outputs, args=(child, os.environ.get("ROS_DOMAIN_ID", "0"), outputs), daemon=True)
     subscriber.start()
     parent.recv()
-    node = PanopticNode(parameter_overrides=[Parameter("device", value="cpu"), Parameter("autostart", value=False)])
+    node = PanopticNode(parameter_overrides=[Parameter("device", value="cpu"), Parameter("backend", value=NETWORK),
+                                             Parameter("autostart", value=False)])
     node.trigger_configure()
     node.trigger_activate()
     tester = rclpy.create_node("bench_tester")
@@ -160,7 +164,7 @@ def repeated(runs: list[dict]) -> dict:
 def end_to_end(rgb: np.ndarray, frames: int, rate_hz: float) -> dict:
     """Latency and drops with the node in its own process, frames published at ``rate_hz``."""
     log = Path(tempfile.mkdtemp(prefix="bench_node_")) / "node.log"
-    process = start_node("/bench/image", None, {"device": "cpu"}, log)
+    process = start_node("/bench/image", None, {"device": "cpu", "backend": NETWORK}, log)
     node = rclpy.create_node("bench_e2e")
     recorder = Recorder(node, {"panoptic": PanopticSegmentation})
     pub = node.create_publisher(Image, "/bench/image", qos("reliable", 1))

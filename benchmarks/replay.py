@@ -54,8 +54,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--backend", default="eager", choices=BACKENDS,
-                        help="where the network runs (README, Backends); onnxruntime builds its artefact if missing")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="where the network runs (README, Backends): auto, the default, is the fastest for the "
+                             "device; an exported backend builds a missing artefact first")
     parser.add_argument("--quick", action="store_true", help="one measured pass instead of five")
     opts = parser.parse_args()
     predictor = Predictor.from_weights(opts.weights, device=opts.device, backend=opts.backend)

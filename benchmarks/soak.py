@@ -1,7 +1,7 @@
 """Soak test of the node process: thousands of mixed frames, parameter changes midway, memory and threads watched.
 
 Starts ``panoptic_node`` as its own process (``python -m panoptic_ros.ros.panoptic_node --ros-args -p device:=cpu
-...``, loopback only, a DDS domain of its own, the shared-memory Fast DDS profile) and publishes ``--frames`` frames
+-p backend:=eager ...``, loopback only, a DDS domain of its own, the shared-memory Fast DDS profile) and publishes ``--frames`` frames
 (default 10,000) at a paced ``--rate`` (default 30 Hz) from this process:
 
 * mixed resolutions (160x120 to 1024x512) and encodings (rgb8, bgr8, mono8, mono16, both yuv422 orders, two Bayer
@@ -178,7 +178,10 @@ class FrameFactory:
 
 def start_node(log_path: Path, diagnostics_period: float, extra: dict[str, str]) -> subprocess.Popen:
     command = [sys.executable, "-m", "panoptic_ros.ros.panoptic_node", "--ros-args", "-r", f"__node:={NODE}",
-               "-r", f"image:={IMAGE_TOPIC}", "-p", "device:=cpu", "-p", f"diagnostics.period:={diagnostics_period}"]
+               "-r", f"image:={IMAGE_TOPIC}", "-p", "device:=cpu", "-p", f"diagnostics.period:={diagnostics_period}",
+               # eager: the soak is about the node's input handling, and with frames of many sizes the default
+               # backend (auto) would first export an artefact for each size
+               "-p", "backend:=eager"]
     for name, value in extra.items():
         command += ["-p", f"{name}:={value}"]
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -71,6 +71,7 @@ def run_panoptic(image: np.ndarray, label: np.ndarray, out_dir: Path, weights: P
     return {
         "weights": str(weights),
         "device": str(predictor.device),
+        "backend": predictor.backend,
         "segments": len(segments),
         "instances": {CAMVID[c].name: sum(s["class_id"] == c for s in segments) for c in CAMVID.thing_ids},
         "latency_ms": {k: round(v, 2) for k, v in result.timings.items()},

@@ -282,8 +282,9 @@ def main() -> None:
     parser.add_argument("--root", required=True)
     parser.add_argument("--split", default="val")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--backend", default="eager", choices=BACKENDS,
-                        help="where the network runs (README, Backends); onnxruntime builds its artefact if missing")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="where the network runs (README, Backends): auto, the default, is the fastest for the "
+                             "device; an exported backend builds a missing artefact first")
     parser.add_argument("--limit", type=int, help="first N images only")
     parser.add_argument("--out", type=Path, default=Path("evaluation"), help="report folder (evaluate)")
     parser.add_argument("--candidates", type=float, nargs="+", default=list(DEFAULT_CANDIDATES))

@@ -106,7 +106,7 @@ class NodeConfig:
     class_table: str = ""  # "" = the one the weights name; camvid / cityscapes to override (class count must match)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     precision: str = "fp32"  # fp32, fp16, bf16 (network only)
-    backend: str = "eager"  # eager, onnxruntime, compile, tensorrt, auto (panoptic_ros.backends)
+    backend: str = "auto"  # auto (the fastest for the device), eager, onnxruntime, compile, tensorrt (backends)
     backend_cache_dir: str = ""  # "" = $PANOPTIC_ROS_CACHE or ~/.cache/panoptic_ros
     backend_build_missing: bool = True  # build a missing artefact (logged) on the first frame of a new size
     input_scale: float = 1.0  # the network sees the frame resized by this factor

@@ -26,8 +26,9 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--out", type=Path, default=Path("predictions"))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--backend", default="eager", choices=BACKENDS,
-                        help="where the network runs (README, Backends); onnxruntime builds its artefact if missing")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="where the network runs (README, Backends): auto, the default, is the fastest for the "
+                             "device; an exported backend builds a missing artefact first")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--scale", type=float, default=1.0, help="resize factor of the network input")
     opts = parser.parse_args()

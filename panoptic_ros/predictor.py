@@ -421,14 +421,17 @@ class Predictor:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``fp32``, ``fp16`` or ``bf16`` for the network (clustering stays fp32).
         scale: the network sees the image resized by this factor (outputs are returned at the input size).
-        backend: where the network runs (``backends``): ``eager``, ``onnxruntime``, ``tensorrt`` or ``auto``
-            (the accuracy family runs eager only: ``auto`` picks eager for it, the others raise ``BackendError``).
+        backend: where the network runs (``backends``): ``auto`` (the default: the fastest for the device and
+            precision, by ``backends.resolve_backend``'s rule), ``eager``, ``compile``, ``onnxruntime`` or
+            ``tensorrt`` (the accuracy family runs eager only: ``auto`` picks eager for it, the others raise
+            ``BackendError``). An exported backend builds a missing artefact on the first frame of a size, with a
+            message, unless ``build_missing`` is False; ``python -m panoptic_ros.export`` builds it beforehand.
         cache_dir: the backend's artefacts (default ``backends.default_cache_dir()``).
         build_missing: build a missing or stale artefact (with a message) instead of raising ``BackendError``.
     """
 
     def __init__(self, model: nn.Module, table: ClassTable, postprocess: PostprocessConfig, device: str = "auto",
-                 precision: str = "fp32", scale: float = 1.0, name: str = "panonet", backend: str = "eager",
+                 precision: str = "fp32", scale: float = 1.0, name: str = "panonet", backend: str = "auto",
                  cache_dir: str | Path | None = None, build_missing: bool = True, weights: str = ""):
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not allowed: expected one of {sorted(PRECISIONS)}")
@@ -504,6 +507,15 @@ class Predictor:
                              f"{self.architecture}: expected one of {self.family.cpu_precisions} there (torchvision's "
                              f"CPU NMS has no half-precision kernel); other precisions run on CUDA")
 
+    def network_size(self, height: int, width: int, scale: float | None = None) -> tuple[int, int]:
+        """The network's input (height, width) for a ``height`` x ``width`` image at ``scale`` (the configured one
+        if None), never below the network's smallest input."""
+        scale = self.scale if scale is None else scale
+        if scale == 1.0:
+            return height, width
+        least = self.model.min_input_size
+        return max(least, round(height * scale)), max(least, round(width * scale))
+
     @torch.inference_mode()
     def run_network(self, rgb: np.ndarray, scale: float | None = None) -> NetworkOutput:
         """Preprocess and run the network; outputs stay at the network's resolution (``NetworkOutput``)."""
@@ -517,9 +529,9 @@ class Predictor:
         height, width = rgb.shape[:2]
         scale = self.scale if scale is None else scale
         images = normalize_image(rgb, self.device)[None]  # uploaded as uint8, normalised on the device
-        if scale != 1.0:  # resized there too (antialiased when shrinking), never below the network's smallest input
-            size = (max(least, round(height * scale)), max(least, round(width * scale)))
-            images = F.interpolate(images, size, mode="bilinear", align_corners=False, antialias=scale < 1)
+        if scale != 1.0:  # resized there too (antialiased when shrinking)
+            images = F.interpolate(images, self.network_size(height, width, scale), mode="bilinear",
+                                   align_corners=False, antialias=scale < 1)
         images = images.to(self.dtype)
         clock = lap(timings, "preprocess", clock, self.device)
         outputs = first_image(self.network(images))

@@ -5,6 +5,7 @@ the network) never see each other. Set at import, before any test module imports
 """
 
 import os
+import tempfile
 
 import cv2
 import numpy as np
@@ -16,6 +17,9 @@ from panoptic_ros.config import config_from_dict
 from panoptic_ros.models import build_model
 from panoptic_ros.ros.env import isolate
 
+# Artefacts of the exported backends (the default, auto, is one on the CPU) go to a cache of the run's own, never
+# the user's.
+os.environ["PANOPTIC_ROS_CACHE"] = tempfile.mkdtemp(prefix="panoptic_ros_test_cache_")
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 isolate()  # and the shipped shared-memory Fast DDS profile, for 2 MP frames
 # Domains 1..100 keep Fast DDS's well-known ports out of the ephemeral range.

@@ -2,6 +2,7 @@
 rebuilt or refused (with the command) when missing or stale."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -32,6 +33,27 @@ def test_auto_rule_and_unsupported_combinations(monkeypatch):
         resolve_backend("onnxruntime", CPU, "fp32")
 
 
+def test_auto_is_the_default_of_the_predictor_the_node_and_the_command_lines(tiny_weights, monkeypatch):
+    """Issue #11: ``auto`` unless told otherwise. The Predictor resolves it by the rule (nothing is built until a
+    frame comes); the node's parameter and each command line's ``--backend`` default to it."""
+    import argparse
+
+    from panoptic_ros import evaluate_bag, evaluation, predict
+    from panoptic_ros.node_config import NodeConfig
+
+    monkeypatch.setattr("panoptic_ros.backends.onnxruntime_available", lambda: True)
+    assert Predictor.from_weights(tiny_weights, device="cpu").backend == "onnxruntime"
+    assert Predictor.from_weights(tiny_weights, device="cpu", precision="bf16").backend == "eager"
+    assert NodeConfig().backend == "auto"
+    defaults = []
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args",
+                        lambda self, *a, **k: defaults.append(self.get_default("backend")) or sys.exit(0))
+    for cli in (evaluate_bag.main, evaluation.main, predict.main):
+        with pytest.raises(SystemExit):
+            cli()
+    assert defaults == ["auto"] * 3
+
+
 def test_tensorrt_rule_and_its_clear_errors(monkeypatch):
     """TensorRT cannot be installed here: what can be checked is the rule and the errors a user would see."""
     monkeypatch.setattr("panoptic_ros.backends.tensorrt_available", lambda: False)
@@ -49,7 +71,7 @@ def test_tensorrt_rule_and_its_clear_errors(monkeypatch):
 
 
 def test_digest_follows_the_weights(tiny_weights):
-    model = Predictor.from_weights(tiny_weights, device="cpu").model
+    model = Predictor.from_weights(tiny_weights, device="cpu", backend="eager").model
     before = model_digest(model)
     assert model_digest(model) == before
     with torch.no_grad():
@@ -102,7 +124,7 @@ def test_compile_rule_and_its_clear_errors(monkeypatch):
 def test_compile_key_records_the_threads_inductor_builds_for(tiny_weights):
     """Inductor writes torch's thread count into the artefact's OpenMP loops: another count is another key."""
     threads = torch.get_num_threads()
-    model = Predictor.from_weights(tiny_weights, device="cpu").model
+    model = Predictor.from_weights(tiny_weights, device="cpu", backend="eager").model
     networks = Networks(model, "compile", CPU, "fp32")
     try:
         torch.set_num_threads(1)
@@ -123,7 +145,7 @@ def test_exported_predictor_matches_eager_and_caches_its_artefact(backend, tiny_
     another version is stale: refused with the command that builds it, or rebuilt."""
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (72, 100, 3), dtype=np.uint8)
-    eager = Predictor.from_weights(tiny_weights, device="cpu")
+    eager = Predictor.from_weights(tiny_weights, device="cpu", backend="eager")
     fast = Predictor.from_weights(tiny_weights, device="cpu", backend=backend, cache_dir=tmp_path)
     assert fast.backend == backend
     expected, got = eager(rgb), fast(rgb)

@@ -4,8 +4,10 @@ import json
 
 import cv2
 import pytest
+import torch
 
 from panoptic_ros import demo
+from panoptic_ros.backends import resolve_backend
 from panoptic_ros.ops import extension_available
 
 
@@ -25,6 +27,7 @@ def test_shipped_panonet_gives_sensible_panoptic_output(summary):
     assert pan["instances"]["car"] >= 1 and pan["segments"] >= 6, pan
     assert pan["frame_pq"]["stuff"] > 0.3, pan
     assert set(pan["latency_ms"]) == {"preprocess", "model", "clustering", "merge"}
+    assert pan["backend"] == resolve_backend("auto", torch.device(pan["device"]), "fp32")  # the default backend
     assert cv2.imread(str(out / "panoptic_overlay.png")).shape == (360, 480, 3)
     segments = json.loads((out / "panoptic_segments.json").read_text())
     assert len(segments) == pan["segments"] and {"id", "class_name", "bbox", "area", "score"} <= set(segments[0])

@@ -12,12 +12,19 @@ from panoptic_ros import evaluate_bag as module
 from panoptic_ros.bags import BagReader, BagWriter
 from panoptic_ros.classes import CAMVID
 from panoptic_ros.datasets import CamVid
-from panoptic_ros.evaluate_bag import DEFAULT_BAG, DEFAULT_LABEL_TOPICS, main
+from panoptic_ros.evaluate_bag import DEFAULT_BAG, DEFAULT_LABEL_TOPICS
 from panoptic_ros.evaluation import evaluate
 from panoptic_ros.make_bag import main as make_bag
 from panoptic_ros.metrics import InstanceAP, PanopticQuality, SemanticIoU, panoptic_from_labels
 from panoptic_ros.predictor import DEFAULT_WEIGHTS, Predictor
 from panoptic_ros.postprocess import Segment
+
+
+def main(argv: list[str]) -> int:
+    """The CLI with the network eager unless a test names a backend: the default, auto, would export an artefact
+    per weights and resolution first (about 12 s each)."""
+    return module.main(argv if "--backend" in argv else [*argv, "--backend", "eager"])
+
 
 TOPIC = "/camera/image_raw"
 SECOND = 1_000_000_000
@@ -31,7 +38,7 @@ def toy_bag(toy_camvid, tmp_path):
 
 def direct(bag, weights, limit=None):
     """mIoU, PQ and AP from the Predictor and the metrics, without evaluate_bag."""
-    predictor = Predictor.from_weights(weights, device="cpu")
+    predictor = Predictor.from_weights(weights, device="cpu", backend="eager")
     iou, pq, ap = SemanticIoU(len(CAMVID), 255), PanopticQuality(CAMVID), InstanceAP(CAMVID)
     with BagReader(bag) as reader:
         for frame in islice(reader.frames(TOPIC, DEFAULT_LABEL_TOPICS), limit):
@@ -85,7 +92,7 @@ def test_tiny_bag_report_output_bag_and_cityscapes_export(toy_bag, tiny_weights,
     assert set(report["overhead_ms"]) == {"bag decode", "metrics", "outputs"}
     assert report["run"]["ground truth"] == "label topics /camera/labels/semantic, /camera/labels/instances"
 
-    predictor = Predictor.from_weights(tiny_weights, device="cpu")
+    predictor = Predictor.from_weights(tiny_weights, device="cpu", backend="eager")
     with BagReader(toy_bag) as inputs, BagReader(tmp_path / "pred.mcap") as outputs:
         assert {t: i.count for t, i in outputs.topics.items()} == {
             "/panoptic/semantic": 4, "/panoptic/instances": 4, "/panoptic/segmentation": 4, "/panoptic/overlay": 4}
@@ -107,7 +114,7 @@ def test_dataset_folder_ground_truth_equals_the_dataset_evaluation(toy_camvid, t
     assert main([str(tmp_path / "images.mcap"), "--weights", str(tiny_weights), "--out", str(tmp_path / "eval"),
                  "--gt", str(toy_camvid), "--gt-layout", "camvid", "--gt-split", "val"]) == 0
     report = read_report(tmp_path / "eval")
-    expected = evaluate(Predictor.from_weights(tiny_weights, device="cpu"), CamVid(toy_camvid, "val"))
+    expected = evaluate(Predictor.from_weights(tiny_weights, device="cpu", backend="eager"), CamVid(toy_camvid, "val"))
     assert report["images"] == expected["images"] == 4
     assert report["miou"] == pytest.approx(expected["miou"], abs=1e-12)
     assert report["panoptic"]["all"]["pq"] == pytest.approx(expected["panoptic"]["all"]["pq"], abs=1e-12)

@@ -12,7 +12,7 @@ from panoptic_ros.predictor import Predictor
 
 @pytest.fixture
 def predictor(tiny_weights):
-    return Predictor.from_weights(tiny_weights, device="cpu"), tiny_weights
+    return Predictor.from_weights(tiny_weights, device="cpu", backend="eager"), tiny_weights
 
 
 def test_evaluate_reports_metrics_and_latency(toy_camvid, predictor):

@@ -38,14 +38,15 @@ def test_bag_and_dataset_evaluators_score_a_decoder_weights_file(weights, toy_ca
     decoder, path = weights
     make_bag(["--dataset", "camvid", "--root", str(toy_camvid), "--split", "val", "--out", str(tmp_path / "toy.mcap")])
     assert evaluate_bag([str(tmp_path / "toy.mcap"), "--weights", str(path), "--out", str(tmp_path / "bag"),
-                         "--device", "cpu"]) == 0
+                         "--device", "cpu", "--backend", "eager"]) == 0
     report = json.loads((tmp_path / "bag" / "report.json").read_text())
     assert report["images"] == 4 and report["run"]["mode"] == "fast" and report["run"]["instance_decoder"] == decoder
     assert set(report["latency_ms"]) == {"preprocess", "model", "clustering", "merge", "total"}
     assert set(report["instance_ap"]["per_class"]) == {"car", "pedestrian", "bicyclist"}
 
     monkeypatch.setattr(sys, "argv", ["evaluation", "evaluate", "--root", str(toy_camvid), "--split", "val",
-                                      "--weights", str(path), "--device", "cpu", "--out", str(tmp_path / "data")])
+                                      "--weights", str(path), "--device", "cpu", "--backend", "eager",
+                                      "--out", str(tmp_path / "data")])
     evaluation_main()
     report = json.loads((tmp_path / "data" / "report.json").read_text())
     assert report["images"] == 4 and report["run"]["instance_decoder"] == decoder
@@ -55,4 +56,5 @@ def test_bag_and_dataset_evaluators_score_a_decoder_weights_file(weights, toy_ca
 def test_the_bandwidth_search_refuses_a_decoder_without_mean_shift(weights, toy_camvid):
     decoder, path = weights
     with pytest.raises(ValueError, match=f"is a {decoder} decoder: it has no mean-shift bandwidths to search"):
-        search_bandwidths(Predictor.from_weights(path, device="cpu"), CamVid(toy_camvid, "val"), candidates=(0.5,))
+        search_bandwidths(Predictor.from_weights(path, device="cpu", backend="eager"), CamVid(toy_camvid, "val"),
+                          candidates=(0.5,))

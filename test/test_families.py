@@ -51,12 +51,12 @@ def test_accuracy_postprocess_thresholds_and_the_fusion_switch():
 
 @pytest.fixture(scope="module")
 def accuracy(tiny_fpn_weights):
-    return Predictor.from_weights(tiny_fpn_weights, device="cpu")
+    return Predictor.from_weights(tiny_fpn_weights, device="cpu", backend="eager")
 
 
 def test_the_predictor_runs_either_family_from_its_weights_file(accuracy, tiny_weights):
     rgb = np.random.default_rng(0).integers(0, 256, (70, 100, 3), np.uint8)
-    fast = Predictor.from_weights(tiny_weights, device="cpu")
+    fast = Predictor.from_weights(tiny_weights, device="cpu", backend="eager")
     assert (fast.mode, fast.architecture, accuracy.mode, accuracy.architecture) == (
         "fast", "panonet", "accuracy", "panoptic_fpn")
     assert isinstance(accuracy.postprocess, DetectionPostprocessConfig) and accuracy.bandwidths == {}
@@ -76,7 +76,8 @@ def test_accuracy_weights_run_eager_only_and_fp32_on_the_cpu(tiny_fpn_weights):
     for backend in ("onnxruntime", "tensorrt"):
         with pytest.raises(BackendError, match="runs eager only"):
             Predictor.from_weights(tiny_fpn_weights, device="cpu", backend=backend)
-    half = Predictor.from_weights(tiny_fpn_weights, device="cpu", precision="bf16")  # configure-time: allowed
+    # configure-time: allowed
+    half = Predictor.from_weights(tiny_fpn_weights, device="cpu", backend="eager", precision="bf16")
     with pytest.raises(ValueError, match="precision 'bf16' on the CPU is not allowed"):
         half(np.zeros((64, 64, 3), np.uint8))
 

@@ -22,7 +22,7 @@ def predictor():
     model = build_model("panonet", **cfg.model.kwargs())
     with torch.no_grad():  # bias the head so that things (cars) appear: the clustering path must run
         model.semantic_decoder.head.bias[8] = 3.0
-    return Predictor(model, CAMVID, cfg.postprocess, device="cpu")
+    return Predictor(model, CAMVID, cfg.postprocess, device="cpu", backend="eager")
 
 
 def image(h=90, w=130, seed=0):
@@ -81,7 +81,7 @@ def test_smallest_images_run_and_a_downscale_stops_at_the_minimum(predictor):
 def test_from_weights_and_bad_options(tmp_path):
     cfg = config_from_dict({"model": {"num_classes": 11, "width": 0.125, "depths": [1, 1, 1, 1]}})
     path = save_weights(build_model("panonet", **cfg.model.kwargs()), cfg, tmp_path / "w.safetensors")
-    predictor = Predictor.from_weights(path, device="cpu", precision="bf16")
+    predictor = Predictor.from_weights(path, device="cpu", backend="eager", precision="bf16")
     assert predictor(image()).panoptic.shape == (90, 130)
     with pytest.raises(WeightsError, match="does not exist"):
         Predictor.from_weights(tmp_path / "missing.safetensors")
@@ -230,7 +230,7 @@ class Ramp(PanoNet):
 
 def ramp_predictor(**kwargs):
     cfg = config_from_dict({"postprocess": {"stuff_min_area": 0}})
-    return Predictor(Ramp(), CAMVID, cfg.postprocess, device="cpu", **kwargs)
+    return Predictor(Ramp(), CAMVID, cfg.postprocess, device="cpu", backend="eager", **kwargs)
 
 
 def test_scale_is_honoured_and_classes_are_upsampled_bilinearly_at_a_non_integer_ratio():

@@ -50,7 +50,7 @@ def test_a_weights_file_of_each_decoder_runs_through_the_one_predictor(saved):
     decoder, path = saved
     _, post_class, postprocessor = DECODERS[decoder]
     assert json.loads(safe_open(str(path), "pt").metadata()["model"])["instance_decoder"] == decoder
-    predictor = Predictor.from_weights(path, device="cpu")
+    predictor = Predictor.from_weights(path, device="cpu", backend="eager")
     assert (predictor.mode, predictor.instance_decoder) == ("fast", decoder)
     assert type(predictor.postprocess) is post_class and predictor.family.postprocess is postprocessor
     assert predictor.bandwidths == ({c: 0.5 for c in CAMVID.thing_ids} if decoder == "embedding" else {})
@@ -229,7 +229,7 @@ def test_the_onnxruntime_backend_exports_every_decoder_and_agrees_with_eager(sav
     if decoder == "embedding":
         pytest.skip("the embedding decoder's export is test_backends.py's")
     rgb = np.random.default_rng(1).integers(0, 256, (72, 96, 3), np.uint8)
-    eager = Predictor.from_weights(path, device="cpu")
+    eager = Predictor.from_weights(path, device="cpu", backend="eager")
     exported = Predictor.from_weights(path, device="cpu", backend="onnxruntime", cache_dir=tmp_path)
     raw_eager, raw_exported = eager.run_network(rgb), exported.run_network(rgb)
     assert exported.backend == "onnxruntime"

@@ -35,10 +35,10 @@ from panoptic_ros.evaluate_bag import DEFAULT_BAG, DEFAULT_LABEL_TOPICS, NoGroun
 from panoptic_ros.evaluation import EvaluationAccumulator, describe_commit, percentiles, write_report
 from panoptic_ros.images import image_to_array
 from panoptic_ros.make_bag import DEFAULT_TOPIC
-from panoptic_ros.predictor import mode_of_weights
+from panoptic_ros.node_config import node_config_from_parameters
 from panoptic_ros.msg import PanopticSegmentation
 from panoptic_ros.postprocess import Segment, ids_from_segment_map
-from panoptic_ros.predictor import Prediction
+from panoptic_ros.predictor import SHIPPED_WEIGHTS, Prediction, Predictor, mode_of_weights
 
 from .bag_player import BagPlayer
 from .env import isolate
@@ -116,6 +116,7 @@ def replay(bag: Path, out: Path, topic: str = DEFAULT_TOPIC, rate: float = 1.0, 
                      t.rsplit("/", 1)[0] == topic.rsplit("/", 1)[0]), None)
         reader.check_topic(topic, ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"))
         params = {"device": "auto", **(params or {})}
+        prepare_network(reader, topic, params)
         process = start_node(topic, info, params, out / "node.log")
         rclpy.init()
         node = rclpy.create_node("replay")
@@ -147,6 +148,23 @@ def replay(bag: Path, out: Path, topic: str = DEFAULT_TOPIC, rate: float = 1.0, 
             summary["evaluation"] = evaluate_received(reader, topic, label_topics, recorder, out, summary, latency_ms)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def prepare_network(reader: BagReader, topic: str, params: dict) -> None:
+    """Build the node's network artefact for the bag's frame size before the node starts (loaded from the cache
+    if current), so that a realtime replay never times an export in its first frame: the backend, device,
+    precision, weights, cache and network scale of ``params`` as the node reads them. Nothing for eager."""
+    config = node_config_from_parameters(params, NODE)
+    weights = config.weights or SHIPPED_WEIGHTS.get(config.mode)
+    first = next(reader.frames(topic), None)
+    if weights is None or first is None:
+        return  # the node reports these itself
+    predictor = Predictor.from_weights(weights, device=config.device, precision=config.precision,
+                                       backend=config.backend, cache_dir=config.backend_cache_dir or None,
+                                       build_missing=config.backend_build_missing)
+    if predictor.backend != "eager" and config.backend_build_missing:
+        height, width = first.rgb.shape[:2]
+        predictor.network.prepare(*predictor.network_size(height, width, config.network_scale(width)))
 
 
 def latencies(recorder: Recorder, player: BagPlayer, topic: str) -> dict[str, list[float]]:

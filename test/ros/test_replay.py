@@ -66,7 +66,8 @@ def test_parse_remap():
 
 
 def test_realtime_replay_through_the_node_equals_the_offline_predictor(tmp_path):
-    summary = replay(DEFAULT_BAG, tmp_path, TOPIC, rate=0.2, params={"device": "cpu"}, evaluate=True)
+    summary = replay(DEFAULT_BAG, tmp_path, TOPIC, rate=0.2, params={"device": "cpu", "backend": "eager"},
+                     evaluate=True)
     assert summary["node_exit_code"] == 0 and summary["published"] == 5
     assert summary["received"] + summary["dropped"] == 5 and summary["received"] >= 1
     assert len(list(tmp_path.glob("overlay_*.png"))) == summary["received"]
@@ -75,7 +76,7 @@ def test_realtime_replay_through_the_node_equals_the_offline_predictor(tmp_path)
     assert report["latency_ms"]["end_to_end"]["p50"] >= report["latency_ms"]["node"]["p50"] > 0
 
     # The same frames through the Predictor in this process: the node must give identical results.
-    predictor = Predictor.from_weights(device="cpu")
+    predictor = Predictor.from_weights(device="cpu", backend="eager")
     received = {int(p.stem.split("_")[-1]) for p in tmp_path.glob("overlay_*.png")}
     accumulator = EvaluationAccumulator(predictor.table)
     with BagReader(DEFAULT_BAG) as reader:
@@ -87,3 +88,20 @@ def test_realtime_replay_through_the_node_equals_the_offline_predictor(tmp_path)
     assert report["miou"] == pytest.approx(direct["miou"], abs=1e-12)
     assert report["panoptic"]["all"]["pq"] == pytest.approx(direct["panoptic"]["all"]["pq"], abs=1e-12)
     assert report["instance_ap"]["ap"] == pytest.approx(direct["instance_ap"]["ap"], abs=1e-12, nan_ok=True)
+
+
+def test_the_network_artefact_is_built_before_the_node_starts(tmp_path, tiny_weights):
+    """A realtime replay must not time an export on its first frame: ``prepare_network`` builds the artefact the
+    node will load, for the bag's frame size at the node's network scale (input_scale 0.5: 240x180 of the
+    sample's 480x360), in the node's cache; nothing for eager."""
+    from panoptic_ros.backends import artefact_paths
+    from panoptic_ros.ros.replay import prepare_network
+
+    params = {"device": "cpu", "weights": str(tiny_weights), "backend": "onnxruntime", "input_scale": 0.5,
+              "backend_cache_dir": str(tmp_path)}
+    with BagReader(DEFAULT_BAG) as reader:
+        prepare_network(reader, TOPIC, params)
+        prepare_network(reader, TOPIC, {**params, "backend": "eager", "backend_cache_dir": str(tmp_path / "eager")})
+    predictor = Predictor.from_weights(tiny_weights, device="cpu", backend="onnxruntime", cache_dir=tmp_path)
+    model_path, key_path = artefact_paths(tmp_path, predictor.network.key(180, 240))
+    assert model_path.is_file() and key_path.is_file() and not (tmp_path / "eager").exists()
