@@ -45,6 +45,7 @@ bench: setup-kilted
 	$(PY) -m benchmarks.clustering
 	$(PY) -m benchmarks.panonet
 	$(PY) -m benchmarks.backends
+	$(PY) -m benchmarks.baseline
 	$(PY) -m benchmarks.replay
 	$(PY) -m benchmarks.node
 	$(PY) -m benchmarks.soak

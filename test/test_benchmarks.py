@@ -16,16 +16,25 @@ from panoptic_ros.predictor import DEFAULT_WEIGHTS, PRECISIONS
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["imp", "panonet", "clustering", "replay", "node", "mirror", "accuracy", "backends"])
+@pytest.mark.parametrize("name", ["imp", "panonet", "clustering", "replay", "node", "mirror", "accuracy", "backends",
+                                  "baseline"])
 def test_benchmark_writes_its_results(name, tmp_path, monkeypatch):
     if name == "imp" and not extension_available():
         pytest.skip("IMP extension not built")
-    if name in ("panonet", "replay", "mirror", "backends") and not DEFAULT_WEIGHTS.exists():
+    if name in ("panonet", "replay", "mirror", "backends", "baseline") and not DEFAULT_WEIGHTS.exists():
         pytest.skip("no shipped weights")
     module = __import__(f"benchmarks.{name}", fromlist=["main"])
     monkeypatch.setenv("PANOPTIC_ROS_BENCH_DIR", str(tmp_path))
-    monkeypatch.setattr(sys, "argv", [name, "--quick"])
-    module.main()
+    # the baseline against this very commit (a clone may lack older ones), at a small size: its own code must
+    # agree with it pixel for pixel
+    extra = ["--commit", "HEAD", "--resolution", "256x128"] if name == "baseline" else []
+    monkeypatch.setattr(sys, "argv", [name, "--quick", *extra])
+    try:
+        module.main()
+    finally:
+        if name == "baseline":  # its worktree of HEAD is of no use after this run
+            worktree = module.worktree_path(module.short_commit("HEAD"))
+            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=module.ROOT)
     result = json.loads((tmp_path / f"{name}-cpu.json").read_text())
     assert result["commit"] and result["cpu"] and (tmp_path / f"{name}-cpu.md").read_text().startswith("#")
     check_result(name, result)
@@ -78,6 +87,22 @@ def check_result(name: str, result: dict) -> None:
                 assert run["fps"] == pytest.approx(1e3 / run["end_to_end_ms"])
             assert result["imp_share_of_frame"][resolution] == pytest.approx(
                 runs["with IMP"]["median_ms"]["imp"] / runs["with IMP"]["end_to_end_ms"])
+    elif name == "baseline":
+        assert result["baseline"] and set(result["models"]) == {"shipped now", f"shipped at {result['baseline']}"}
+        for model, ratios in result["fps_ratios"].items():
+            runs = {key.split(": ", 1)[1]: r for key, r in result["results"].items() if key.startswith(model + ":")}
+            base = runs[f"{result['baseline']} eager"]
+            assert set(ratios) >= set(runs) and ratios[f"{result['baseline']} eager"] == 1.0
+            for side, r in runs.items():
+                assert ratios[side] == pytest.approx(r["fps"] / base["fps"])
+                assert set(r["median_ms"]) == {"preprocess", "model", "clustering", "merge"} and r["frames"] >= 5
+            for backend, agreement in result["agreement_with_baseline"][model].items():
+                assert 0 <= agreement["semantic_pixels_equal"] <= 1 and 0 <= agreement["pq_against_baseline"] <= 1
+                if backend != "eager":
+                    assert ratios[f"{backend} / eager"] == pytest.approx(runs[backend]["fps"] / runs["eager"]["fps"])
+        if result["quick"] and result["commit"] == result["baseline"]:  # this code, committed, as its own baseline
+            assert all(a["semantic_pixels_equal"] == 1.0 and a["pq_against_baseline"] == 1.0
+                       for sides in result["agreement_with_baseline"].values() for a in sides.values())
     elif name == "backends":
         assert result["resolutions"] == (["512x256"] if result["quick"] else ["512x256", "1024x512", "2048x1024"])
         measured = {(r["backend"], r["precision"]) for r in result["results"].values()}
@@ -99,7 +124,7 @@ def check_result(name: str, result: dict) -> None:
             assert eager["argmax_agreement"] == 1.0 and eager["max_abs_logit_difference"] == 0.0
 
 
-@pytest.mark.parametrize("name", ["imp", "panonet", "clustering", "replay", "node", "mirror", "backends"])
+@pytest.mark.parametrize("name", ["imp", "panonet", "clustering", "replay", "node", "mirror", "backends", "baseline"])
 def test_the_checks_hold_for_the_committed_results(name):
     """The committed result files pass ``check_result`` (less the commit, which is older), so the checks above
     describe what the benchmarks write."""

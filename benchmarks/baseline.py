@@ -1,0 +1,182 @@
+"""The fast mode end to end against an older commit's, side by side in one run (issue #11: the fastest CPU backend
+at >= 2x the FPS of the eager path of commit 8838f7f at 1024x512).
+
+This checkout's Predictor (eager and each fast CPU backend) and the baseline commit's eager Predictor run the
+embedded CamVid frame resized to ``--resolution``, frames taken in turn (``benchmarks.panonet.measure``), so that a
+load that changes during the run weighs on every side alike. The baseline runs in a child process from a git
+worktree of its commit (``build/baseline-<commit>``, made on first use), serving one frame per request over a pipe;
+the two processes never run at once. Every side uses the same number of threads.
+
+Two models are compared, each on every side: the weights this checkout ships, and the weights the baseline commit
+shipped (same model on both sides: what the pipeline alone gains). The result also says how far the outputs agree
+with the baseline's on the frame: the semantic map pixel for pixel, the panoptic map as PQ against it.
+
+    python -m benchmarks.baseline [--commit 8838f7f] [--resolution 1024x512] [--backends eager onnxruntime]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINE = "8838f7f"  # the eager path before issue #11 (no backends, merge at the input resolution)
+
+
+def serve(weights: str, frame_path: str, threads: int) -> None:
+    """The child: the Predictor of the package on ``sys.path`` (the baseline's worktree) answers each request line
+    with one frame's timings (JSON); its outputs for the frame go to ``frame_path`` + ``.out.npz`` first."""
+    import torch
+
+    from panoptic_ros.predictor import Predictor
+
+    torch.set_num_threads(threads)
+    predictor = Predictor.from_weights(weights, device="cpu")
+    rgb = np.load(frame_path)
+    first = predictor(rgb)
+    np.savez(frame_path + ".out.npz", semantic=first.semantic.numpy(), panoptic=first.panoptic.numpy())
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        print(json.dumps(predictor(rgb).timings), flush=True)
+
+
+class Remote:
+    """A baseline Predictor in a child process: ``remote(rgb).timings`` runs one frame there (``rgb`` must be the
+    frame it was started with); ``outputs`` are its semantic and panoptic maps of that frame."""
+
+    def __init__(self, worktree: Path, weights: Path, rgb: np.ndarray, threads: int, scratch: Path):
+        self.frame = scratch / f"frame-{id(self)}.npy"
+        np.save(self.frame, rgb)
+        self.rgb = rgb
+        env = {**os.environ, "PYTHONPATH": str(worktree), "OMP_NUM_THREADS": str(threads)}
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(weights), str(self.frame), str(threads)], cwd=worktree,
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the baseline at {worktree} did not start (exit {self.process.wait()})")
+        with np.load(str(self.frame) + ".out.npz") as out:
+            self.outputs = {k: out[k] for k in out.files}
+
+    def __call__(self, rgb: np.ndarray):
+        if rgb is not self.rgb:
+            raise ValueError("the baseline process runs the frame it was started with")
+        self.process.stdin.write("frame\n")
+        self.process.stdin.flush()
+        return argparse.Namespace(timings=json.loads(self.process.stdout.readline()))
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def short_commit(commit: str) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", commit], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def worktree_path(commit: str) -> Path:
+    return ROOT / "build" / f"baseline-{commit}"
+
+
+def worktree(commit: str) -> Path:
+    """A git worktree of ``commit`` (a short hash) under build/ (made once, then reused)."""
+    path = worktree_path(commit)
+    if not (path / "panoptic_ros").is_dir():
+        subprocess.run(["git", "worktree", "prune"], cwd=ROOT, check=True)
+        subprocess.run(["git", "worktree", "add", "--force", "--detach", str(path), commit], cwd=ROOT, check=True,
+                       capture_output=True)
+    return path
+
+
+def agreement(ours, theirs: dict, table) -> dict:
+    """How far ``ours`` (a Prediction) agrees with the baseline's maps of the same frame: the share of equal
+    semantic pixels, and PQ of our panoptic map scored against theirs as ground truth."""
+    from panoptic_ros.metrics import PanopticQuality
+
+    pq = PanopticQuality(table)
+    pq.update(ours.panoptic.numpy(), theirs["panoptic"])
+    return {"semantic_pixels_equal": float((ours.semantic.numpy() == theirs["semantic"]).mean()),
+            "pq_against_baseline": pq.compute()["all"]["pq"]}
+
+
+def main() -> None:
+    import cv2
+    import torch
+
+    from panoptic_ros.backends import BACKENDS
+    from panoptic_ros.datasets import read_rgb
+    from panoptic_ros.demo import DEFAULT_IMAGE
+    from panoptic_ros.predictor import DEFAULT_WEIGHTS, Predictor
+
+    from .common import environment, report
+    from .panonet import measure
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--commit", default=BASELINE)
+    parser.add_argument("--resolution", default="1024x512")
+    parser.add_argument("--backends", nargs="+", default=["eager", "onnxruntime"],
+                        choices=[b for b in BACKENDS if b != "tensorrt"])
+    parser.add_argument("--seconds", type=float, default=20.0, help="per side and model")
+    parser.add_argument("--quick", action="store_true", help="2 s per side")
+    opts = parser.parse_args()
+    seconds = 2.0 if opts.quick else opts.seconds
+    width, height = (int(v) for v in opts.resolution.split("x"))
+    threads = torch.get_num_threads()
+    commit = short_commit(opts.commit)
+    base = worktree(commit)
+    models = {"shipped now": DEFAULT_WEIGHTS,
+              f"shipped at {commit}": base / DEFAULT_WEIGHTS.relative_to(ROOT)}
+    rgb = cv2.resize(read_rgb(DEFAULT_IMAGE), (width, height), interpolation=cv2.INTER_LINEAR)
+    scratch = Path(tempfile.mkdtemp(prefix="baseline_bench_"))
+    results, ratios, agreements = {}, {}, {}
+    for model, weights in models.items():
+        sides = {b: Predictor.from_weights(weights, device="cpu", backend=b, cache_dir=scratch)
+                 for b in opts.backends}
+        remote = Remote(base, weights, rgb, threads, scratch)
+        table = sides[opts.backends[0]].table
+        agreements[model] = {b: agreement(p(rgb), remote.outputs, table) for b, p in sides.items()}
+        try:
+            measured = measure({f"{commit} eager": remote, **sides}, rgb, seconds)
+        finally:
+            remote.close()
+        for side, r in measured.items():
+            results[f"{model}: {side}"] = r
+        ratios[model] = {side: r["fps"] / measured[f"{commit} eager"]["fps"] for side, r in measured.items()}
+        ratios[model].update({f"{b} / eager": measured[b]["fps"] / measured["eager"]["fps"]
+                              for b in opts.backends if b != "eager" and "eager" in measured})
+    payload = {**environment(torch.device("cpu")), "baseline": commit, "resolution": opts.resolution,
+               "quick": opts.quick, "seconds_per_side": seconds, "models": {k: str(v) for k, v in models.items()},
+               "results": results, "fps_ratios": ratios, "agreement_with_baseline": agreements,
+               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    lines = [f"# Fast mode end to end vs {commit} (CPU, {opts.resolution})", "",
+             f"commit {payload['commit']}, {payload['date']}, {payload['cpu']}, {threads} threads, torch "
+             f"{payload['torch']}; every side measured in turn in one run (the baseline in a worktree of {commit}), "
+             f"{seconds:.0f} s each", "",
+             "| model | side | FPS | median ms | x baseline FPS | share of time |", "|---|---|---|---|---|---|"]
+    for key, r in results.items():
+        model, side = key.split(": ", 1)
+        share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["share"].items())
+        lines.append(f"| {model} | {side} | {r['fps']:.1f} | {sum(r['median_ms'].values()):.1f} | "
+                     f"{ratios[model][side]:.2f}x | {share} |")
+    lines += ["", "Backend over this checkout's eager: " + "; ".join(
+        f"{model}: {k.split(' / ')[0]} {v:.2f}x" for model, r in ratios.items() for k, v in r.items() if " / " in k),
+        "", "Agreement with the baseline's outputs on the frame (semantic pixels equal; PQ of ours scored against "
+        "theirs):", ""]
+    lines += [f"- {model}, {side}: {100 * a['semantic_pixels_equal']:.2f}% of pixels, PQ {100 * a['pq_against_baseline']:.1f}"
+              for model, sides in agreements.items() for side, a in sides.items()]
+    report("baseline", torch.device("cpu"), payload, lines + [""])
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve"]:
+        serve(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        main()
