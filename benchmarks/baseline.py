@@ -3,7 +3,8 @@ at >= 2x the FPS of the eager path of commit 8838f7f at 1024x512).
 
 This checkout's Predictor (eager and each fast CPU backend) and the baseline commit's eager Predictor run the
 embedded CamVid frame resized to ``--resolution``, frames taken in turn (``benchmarks.panonet.measure``), so that a
-load that changes during the run weighs on every side alike. The baseline runs in a child process from a git
+load that changes during the run weighs on every side alike; the whole comparison runs ``--runs`` times (the
+ratio moved by up to 12% between two runs here) and the medians are reported. The baseline runs in a child process from a git
 worktree of its commit (``build/baseline-<commit>``, made on first use), serving one frame per request over a pipe;
 the two processes never run at once. Every side uses the same number of threads.
 
@@ -12,6 +13,7 @@ shipped (same model on both sides: what the pipeline alone gains). The result al
 with the baseline's on the frame: the semantic map pixel for pixel, the panoptic map as PQ against it.
 
     python -m benchmarks.baseline [--commit 8838f7f] [--resolution 1024x512] [--backends eager onnxruntime]
+        [--runs 3] [--seconds 20]
 """
 
 from __future__ import annotations
@@ -107,6 +109,15 @@ def agreement(ours, theirs: dict, table) -> dict:
             "pq_against_baseline": pq.compute()["all"]["pq"]}
 
 
+def combine(runs: list[dict]) -> dict:
+    """One side's ``measure`` results of several runs: FPS of each and the median; per stage the median of the
+    runs' medians, and its share of their sum."""
+    stages = {k: float(np.median([r["median_ms"][k] for r in runs])) for k in runs[0]["median_ms"]}
+    fps = [r["fps"] for r in runs]
+    return {"frames": sum(r["frames"] for r in runs), "fps_per_run": fps, "fps": float(np.median(fps)),
+            "median_ms": stages, "share": {k: v / sum(stages.values()) for k, v in stages.items()}}
+
+
 def main() -> None:
     import cv2
     import torch
@@ -125,9 +136,11 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["eager", "onnxruntime"],
                         choices=[b for b in BACKENDS if b != "tensorrt"])
     parser.add_argument("--seconds", type=float, default=20.0, help="per side and model")
-    parser.add_argument("--quick", action="store_true", help="2 s per side")
+    parser.add_argument("--runs", type=int, default=3, help="the whole comparison, this many times")
+    parser.add_argument("--quick", action="store_true", help="one run, 2 s per side")
     opts = parser.parse_args()
     seconds = 2.0 if opts.quick else opts.seconds
+    opts.runs = 1 if opts.quick else opts.runs
     width, height = (int(v) for v in opts.resolution.split("x"))
     threads = torch.get_num_threads()
     commit = short_commit(opts.commit)
@@ -136,7 +149,7 @@ def main() -> None:
               f"shipped at {commit}": base / DEFAULT_WEIGHTS.relative_to(ROOT)}
     rgb = cv2.resize(read_rgb(DEFAULT_IMAGE), (width, height), interpolation=cv2.INTER_LINEAR)
     scratch = Path(tempfile.mkdtemp(prefix="baseline_bench_"))
-    results, ratios, agreements = {}, {}, {}
+    results, ratios, per_run, agreements = {}, {}, {}, {}
     for model, weights in models.items():
         sides = {b: Predictor.from_weights(weights, device="cpu", backend=b, cache_dir=scratch)
                  for b in opts.backends}
@@ -144,28 +157,31 @@ def main() -> None:
         table = sides[opts.backends[0]].table
         agreements[model] = {b: agreement(p(rgb), remote.outputs, table) for b, p in sides.items()}
         try:
-            measured = measure({f"{commit} eager": remote, **sides}, rgb, seconds)
+            runs = [measure({f"{commit} eager": remote, **sides}, rgb, seconds) for _ in range(opts.runs)]
         finally:
             remote.close()
-        for side, r in measured.items():
-            results[f"{model}: {side}"] = r
-        ratios[model] = {side: r["fps"] / measured[f"{commit} eager"]["fps"] for side, r in measured.items()}
-        ratios[model].update({f"{b} / eager": measured[b]["fps"] / measured["eager"]["fps"]
-                              for b in opts.backends if b != "eager" and "eager" in measured})
+        for side in runs[0]:
+            results[f"{model}: {side}"] = combine([run[side] for run in runs])
+        pairs = {side: (side, f"{commit} eager") for side in runs[0]}
+        pairs.update({f"{b} / eager": (b, "eager") for b in opts.backends if b != "eager" and "eager" in sides})
+        per_run[model] = {name: [run[a]["fps"] / run[b]["fps"] for run in runs] for name, (a, b) in pairs.items()}
+        ratios[model] = {name: float(np.median(values)) for name, values in per_run[model].items()}
     payload = {**environment(torch.device("cpu")), "baseline": commit, "resolution": opts.resolution,
                "quick": opts.quick, "seconds_per_side": seconds, "models": {k: str(v) for k, v in models.items()},
-               "results": results, "fps_ratios": ratios, "agreement_with_baseline": agreements,
+               "runs": opts.runs, "results": results, "fps_ratios": ratios, "fps_ratios_per_run": per_run,
+               "agreement_with_baseline": agreements,
                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     lines = [f"# Fast mode end to end vs {commit} (CPU, {opts.resolution})", "",
              f"commit {payload['commit']}, {payload['date']}, {payload['cpu']}, {threads} threads, torch "
-             f"{payload['torch']}; every side measured in turn in one run (the baseline in a worktree of {commit}), "
-             f"{seconds:.0f} s each", "",
-             "| model | side | FPS | median ms | x baseline FPS | share of time |", "|---|---|---|---|---|---|"]
+             f"{payload['torch']}; every side measured in turn (the baseline in a worktree of {commit}), {seconds:.0f} s "
+             f"each, {opts.runs} run(s): FPS, ratios and stage times are the medians over the runs", "",
+             "| model | side | FPS | median ms | x baseline FPS (each run) | share of time |", "|---|---|---|---|---|---|"]
     for key, r in results.items():
         model, side = key.split(": ", 1)
         share = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["share"].items())
+        each = ", ".join(f"{v:.2f}" for v in per_run[model][side])
         lines.append(f"| {model} | {side} | {r['fps']:.1f} | {sum(r['median_ms'].values()):.1f} | "
-                     f"{ratios[model][side]:.2f}x | {share} |")
+                     f"{ratios[model][side]:.2f}x ({each}) | {share} |")
     lines += ["", "Backend over this checkout's eager: " + "; ".join(
         f"{model}: {k.split(' / ')[0]} {v:.2f}x" for model, r in ratios.items() for k, v in r.items() if " / " in k),
         "", "Agreement with the baseline's outputs on the frame (semantic pixels equal; PQ of ours scored against "

@@ -658,12 +658,13 @@ def panoptic_codes(semantic: Tensor, instances: Tensor, classes: int, instance_c
 
 def merge_codes(code: Tensor, instance_classes, table: ClassTable, *, stuff_min_area: int = 0, instance_scores=None,
                 segment_map_out: Tensor | None = None) -> PanopticResult:
-    """``merge_panoptic`` on a map of compact codes (``panoptic_codes``): code c < C (the table's classes) is a
-    pixel of class c in no instance, a stuff segment of class c if the class has at least ``stuff_min_area`` such
-    pixels, else void (a thing class, the table's ignore class, or too small); code C + i is instance i; C + K and above are void. Areas,
-    boxes and both maps come from the codes alone: bincounts and lookups, so a code map made at a coarser
-    resolution and upsampled once (``predictor.upsample_labels``) is merged at the output's resolution without
-    ever forming class and instance maps there. Arguments and result as ``merge_panoptic``."""
+    """``merge_panoptic`` on a map of compact codes (``panoptic_codes``, non-negative): code c < C (the table's
+    classes) is a pixel of class c in no instance, a stuff segment of class c if the class has at least
+    ``stuff_min_area`` such pixels, else void (a thing class, the table's ignore class, or too small); code C + i
+    is instance i; C + K and above are void. Areas, boxes and both maps come from the codes alone: bincounts and
+    lookups, so a code map made at a coarser resolution and upsampled once (``predictor.upsample_labels``) is
+    merged at the output's resolution without ever forming class and instance maps there. Arguments and result
+    as ``merge_panoptic``."""
     _check_table(table)
     device = code.device
     classes = torch.as_tensor(instance_classes, dtype=torch.int64).flatten().to(device)

@@ -93,13 +93,21 @@ def check_result(name: str, result: dict) -> None:
             runs = {key.split(": ", 1)[1]: r for key, r in result["results"].items() if key.startswith(model + ":")}
             base = runs[f"{result['baseline']} eager"]
             assert set(ratios) >= set(runs) and ratios[f"{result['baseline']} eager"] == 1.0
+            each = result["fps_ratios_per_run"][model]
             for side, r in runs.items():
-                assert ratios[side] == pytest.approx(r["fps"] / base["fps"])
+                assert len(r["fps_per_run"]) == result["runs"]
+                assert r["fps"] == pytest.approx(np.median(r["fps_per_run"]))
+                assert each[side] == pytest.approx([a / b for a, b in zip(r["fps_per_run"], base["fps_per_run"])])
+                assert ratios[side] == pytest.approx(np.median(each[side]))
+                total = sum(r["median_ms"].values())
+                assert r["share"] == pytest.approx({k: v / total for k, v in r["median_ms"].items()})
                 assert set(r["median_ms"]) == {"preprocess", "model", "clustering", "merge"} and r["frames"] >= 5
             for backend, agreement in result["agreement_with_baseline"][model].items():
                 assert 0 <= agreement["semantic_pixels_equal"] <= 1 and 0 <= agreement["pq_against_baseline"] <= 1
                 if backend != "eager":
-                    assert ratios[f"{backend} / eager"] == pytest.approx(runs[backend]["fps"] / runs["eager"]["fps"])
+                    assert each[f"{backend} / eager"] == pytest.approx(
+                        [a / b for a, b in zip(runs[backend]["fps_per_run"], runs["eager"]["fps_per_run"])])
+                    assert ratios[f"{backend} / eager"] == pytest.approx(np.median(each[f"{backend} / eager"]))
         if result["quick"] and result["commit"] == result["baseline"]:  # this code, committed, as its own baseline
             assert all(a["semantic_pixels_equal"] == 1.0 and a["pq_against_baseline"] == 1.0
                        for sides in result["agreement_with_baseline"].values() for a in sides.values())
