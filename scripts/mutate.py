@@ -11,6 +11,7 @@ names of the mutants not killed (``cd build/mutation/<name> && mutmut show NAME`
     python scripts/mutate.py runtime images     # some
     python scripts/mutate.py --tests-at 3e44170 # the modules' tests as at that commit (the score before new tests)
     python scripts/mutate.py --not-killed       # after adding tests: only the mutants the last run did not kill
+    python scripts/mutate.py predictor --functions upsample_labels merge_instances  # a part of a module
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ def main() -> None:
     parser.add_argument("--not-killed", action="store_true",
                         help="run only the mutants the last run of each module did not kill (tests only added since: "
                              "the others stay killed) and count the newly killed ones in")
+    parser.add_argument("--functions", nargs="+", metavar="NAME",
+                        help="only the mutants of these module-level functions (a partial run, recorded as "
+                             "'<module>[<functions>]', beside the module's whole run)")
     parser.add_argument("--max-children", type=int, default=2)
     args = parser.parse_args()
     if set(args.modules) - set(MODULES):
@@ -111,8 +115,13 @@ def main() -> None:
     results_path = OUT / "scores.json"
     load = lambda: json.loads(results_path.read_text()) if results_path.exists() else {}  # noqa: E731
     mutmut = Path(sys.executable).with_name("mutmut")
-    for name in args.modules or MODULES:
-        file, patterns, tests, pytest_args = MODULES[name]
+    for module in args.modules or MODULES:
+        file, patterns, tests, pytest_args = MODULES[module]
+        name = module
+        if args.functions:
+            prefix = file.removesuffix(".py").replace("/", ".")
+            patterns = [f"{prefix}.x_{function}__mutmut_*" for function in args.functions]
+            name = f"{module}[{','.join(args.functions)}]"
         previous = load().get(name)
         if args.not_killed:
             if previous is None:
@@ -120,7 +129,7 @@ def main() -> None:
             if not previous["not_killed"]:
                 continue
             patterns = previous["not_killed"]
-        work = OUT / name
+        work = OUT / module
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         snapshot(work, args.tests_at)
