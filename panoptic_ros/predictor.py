@@ -134,12 +134,11 @@ def bilinear_sources(size: int, coarse: int, device=None) -> tuple[Tensor, Tenso
     return first, (first + 1).clamp_(max=coarse - 1), src - first
 
 
-def upsample_argmax(logits: Tensor, size: tuple[int, int], out: Tensor | None = None) -> Tensor:
+def upsample_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
     """[K, h, w] logits -> [H, W] class ids in ``class_dtype(K)``: the argmax over classes of the logits upsampled
-    bilinearly to ``size`` (``upsample_labels`` with the cells' own argmax as labels), written into ``out`` if
-    given (``fitting``: same device, dtype and shape). Equal to ``argmax_classes(F.interpolate(...))`` except for
-    classes tied to float rounding."""
-    return upsample_labels(logits, argmax_classes(logits), size, out=out)
+    bilinearly to ``size`` (``upsample_labels`` with the cells' own argmax as labels). Equal to
+    ``argmax_classes(F.interpolate(...))`` except for classes tied to float rounding."""
+    return upsample_labels(logits, argmax_classes(logits), size)
 
 
 def upsample_labels(logits: Tensor, labels: Tensor, size: tuple[int, int], label_class: Tensor | None = None,

@@ -409,3 +409,20 @@ def test_postprocess_panoptic_fpn_upsamples_the_logits_by_the_network_stride_of_
     expected = torch.nn.functional.interpolate(logits[None], size=(32, 40), mode="bilinear",
                                                align_corners=False)[0].argmax(0)[:30, :40]
     assert torch.equal(result.semantic.long(), expected)
+
+
+def test_cells_of_no_cluster_become_a_new_instance_scored_by_their_confidence():
+    """The car's 4 cells have embeddings 2 apart (bandwidth 0.5): mean shift makes 4 one-cell clusters, all under
+    ``min_instance_pixels`` = 2 and dropped; the 4 cells, one component of at least 2, become one new instance in
+    the merge, scored by its cells' mean confidence (e^5 / (e^5 + 10)), not by 1.0 and not 0. Kills leaving the
+    new instance's first index out of its score map (``ids > len(scores)``) and dropping the new scores."""
+    from panoptic_ros.config import PostprocessConfig
+    from panoptic_ros.predictor import postprocess_panonet
+
+    raw = panonet_output()
+    raw.outputs["embedding"][0, 1:3, :2] = torch.tensor([[0.0, 2.0], [4.0, 6.0]])
+    p = postprocess_panonet(raw, CAMVID, PostprocessConfig(min_instance_pixels=2, stuff_min_area=0,
+                                                           bandwidths={8: 0.5}))
+    cars = [s for s in p.segments if s.is_thing]
+    assert [(s.id, s.area) for s in cars] == [(8000, 64)]
+    assert cars[0].score == pytest.approx(np.exp(5) / (np.exp(5) + 10))
