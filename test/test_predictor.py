@@ -283,16 +283,25 @@ def test_filter_prediction_keeps_things_exactly_at_the_thresholds():
     assert [s.id for s in by_area.segments] == [3, 8000] and by_area.segment_map.tolist() == [[1, 2, 2, 0, 0]]
 
 
-def test_output_buffers_receive_the_final_maps_without_a_copy(predictor):
+def test_output_buffers_receive_the_final_maps_without_a_copy(predictor, monkeypatch):
     """``out``: the semantic and segment maps are computed into the given buffers (the node's message memory)
     and returned as them, with the values of a run without buffers; a buffer of another dtype or shape gets one
-    copy instead, and merge_panoptic refuses a segment buffer it cannot write."""
+    copy instead, and merge_panoptic refuses a segment buffer it cannot write. Kills ``merge_instances`` mutants
+    that stop handing either buffer on (``segment_map_out=None``, ``fitting(None, ...)``, ...): the outputs stay
+    right through ``to_output``'s copy, which the spy sees."""
+    from panoptic_ros import predictor as module
     from panoptic_ros.predictor import OutputBuffers
 
     rgb = image()
     plain = predictor(rgb)
     semantic, segments = torch.full((90, 130), 77, dtype=torch.uint8), torch.full((90, 130), -5, dtype=torch.int16)
+    copied = []
+    real = module.to_output
+    monkeypatch.setattr(module, "to_output", lambda tensor, buffer: copied.append(
+        tensor.data_ptr() != buffer.data_ptr()) or real(tensor, buffer))
     got = predictor(rgb, out=OutputBuffers(semantic, segments))
+    assert copied == [False, False]  # both computed in place
+    monkeypatch.undo()
     assert got.semantic.data_ptr() == semantic.data_ptr() and got.segment_map.data_ptr() == segments.data_ptr()
     assert torch.equal(semantic, plain.semantic) and torch.equal(segments, plain.segment_map)
     assert got.segments == plain.segments and torch.equal(got.panoptic, plain.panoptic)
@@ -426,3 +435,19 @@ def test_cells_of_no_cluster_become_a_new_instance_scored_by_their_confidence():
     cars = [s for s in p.segments if s.is_thing]
     assert [(s.id, s.area) for s in cars] == [(8000, 64)]
     assert cars[0].score == pytest.approx(np.exp(5) / (np.exp(5) + 10))
+
+
+@pytest.mark.parametrize("stuff_min_area, kept", [(128, True), (129, False)])
+def test_postprocess_panonet_passes_stuff_min_area_on_in_input_pixels(stuff_min_area, kept):
+    """The hand-made output's road takes columns 8-15 of the 16 x 16 image after the bilinear upsampling (pixel 8
+    weighs the road cell 5/8): 128 pixels, kept at a minimum of exactly 128, void at 129. Kills dropping
+    ``stuff_min_area`` from the merge."""
+    from panoptic_ros.config import PostprocessConfig
+    from panoptic_ros.predictor import postprocess_panonet
+
+    p = postprocess_panonet(panonet_output(), CAMVID, PostprocessConfig(min_instance_pixels=4,
+                                                                      stuff_min_area=stuff_min_area))
+    road = p.semantic == 3
+    assert int(road.sum()) == 128 and bool(road[:, 8:].all())
+    assert ([s.area for s in p.segments if s.id == 3] == [128]) == kept
+    assert bool((p.panoptic[road] == 3).all()) == kept and bool((p.panoptic[road] == VOID_ID).all()) != kept
