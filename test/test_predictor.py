@@ -441,7 +441,7 @@ def test_cells_of_no_cluster_become_a_new_instance_scored_by_their_confidence():
 def test_postprocess_panonet_passes_stuff_min_area_on_in_input_pixels(stuff_min_area, kept):
     """The hand-made output's road takes columns 8-15 of the 16 x 16 image after the bilinear upsampling (pixel 8
     weighs the road cell 5/8): 128 pixels, kept at a minimum of exactly 128, void at 129. Kills dropping
-    ``stuff_min_area`` from the merge."""
+    ``stuff_min_area`` from the merge (``merge_instances`` 85)."""
     from panoptic_ros.config import PostprocessConfig
     from panoptic_ros.predictor import postprocess_panonet
 
@@ -451,3 +451,6 @@ def test_postprocess_panonet_passes_stuff_min_area_on_in_input_pixels(stuff_min_
     assert int(road.sum()) == 128 and bool(road[:, 8:].all())
     assert ([s.area for s in p.segments if s.id == 3] == [128]) == kept
     assert bool((p.panoptic[road] == 3).all()) == kept and bool((p.panoptic[road] == VOID_ID).all()) != kept
+    # the instance map: the car's index 0 on its pixels, -1 on every other (kills merge_instances 137 and 138,
+    # another value for the pixels of no instance)
+    assert torch.equal(p.instances, torch.where(p.panoptic == 8000, 0, -1)) and int((p.instances == 0).sum()) == 64
