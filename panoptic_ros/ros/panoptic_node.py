@@ -256,8 +256,8 @@ class PanopticNode(LifecycleNode):
             self.stop_serving()
             return self._fail("activate", error)
         self._failure = None
-        self.get_logger().info(f"active on {self._predictor.device}, input {self._config.input.transport} "
-                               f"{self._config.input.reliability}")
+        self.get_logger().info(f"active on {self._predictor.device} (backend {self._predictor.backend}), input "
+                               f"{self._config.input.transport} {self._config.input.reliability}")
         return super().on_activate(state)  # enables the lifecycle publishers
 
     def _serve(self) -> None:

@@ -71,7 +71,7 @@ def start_node(topic: str, info_topic: str | None, params: dict[str, str], log_p
     if info_topic:
         command += ["-r", f"camera_info:={info_topic}"]
     for name, value in params.items():
-        command += ["-p", f"{name}:={value}"]
+        command += ["-p", f"{name}:={value}" if value != "" else f'{name}:=""']  # an empty string is "" in YAML
     log_path.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(command, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
 
@@ -230,7 +230,7 @@ def main(argv=None) -> None:
     parser.add_argument("--evaluate", action="store_true", help="score the received results against the bag's labels")
     parser.add_argument("--label-topics", nargs="+", default=list(DEFAULT_LABEL_TOPICS))
     opts = parser.parse_args(argv)
-    params = {"device": opts.device, "weights": opts.weights or '""'}
+    params = {"device": opts.device, "weights": opts.weights}
     if opts.weights:  # the node's mode is the weights' (fast or accuracy)
         params["mode"] = mode_of_weights(opts.weights)
     summary = replay(opts.bag, opts.out, opts.topic, opts.rate, params, opts.evaluate, opts.label_topics)

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
@@ -23,6 +24,7 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
+from panoptic_ros.backends import resolve_backend
 from panoptic_ros.checkpoint import read_weights, save_state, save_weights
 from panoptic_ros.config import config_from_dict
 from panoptic_ros.images import RGB_ENCODINGS, rgb_to_compressed, rgb_to_image
@@ -446,6 +448,8 @@ def test_node_process_exits_cleanly_on_sigint(tmp_path):
         while time.monotonic() < deadline and not any("active on cpu" in line for line in lines):
             lines.append(process.stderr.readline())
         assert any("active on cpu" in line for line in lines), "".join(lines)
+        auto = resolve_backend("auto", torch.device("cpu"), "fp32")  # the default, as the node process resolved it
+        assert any(f"(backend {auto})" in line for line in lines), "".join(lines)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0, process.stderr.read()[-3000:]
     finally:

@@ -105,3 +105,17 @@ def test_the_network_artefact_is_built_before_the_node_starts(tmp_path, tiny_wei
     predictor = Predictor.from_weights(tiny_weights, device="cpu", backend="onnxruntime", cache_dir=tmp_path)
     model_path, key_path = artefact_paths(tmp_path, predictor.network.key(180, 240))
     assert model_path.is_file() and key_path.is_file() and not (tmp_path / "eager").exists()
+
+
+def test_make_demos_replay_parameters_reach_the_node_and_the_artefact_step(tmp_path, monkeypatch):
+    """``make demo`` replays with ``weights`` empty (the shipped ones): the node's command line gets ``""`` (YAML's
+    empty string), and ``prepare_network`` reads the empty value as the node does (it used to get a literal
+    '""' and fail: 'weights file "" does not exist')."""
+    from panoptic_ros.ros import replay as module
+
+    commands = []
+    monkeypatch.setattr(module.subprocess, "Popen", lambda command, **kwargs: commands.append(command))
+    module.start_node(TOPIC, None, {"device": "cpu", "weights": ""}, tmp_path / "node.log")
+    assert commands[0][-4:] == ["-p", "device:=cpu", "-p", 'weights:=""']
+    with BagReader(DEFAULT_BAG) as reader:
+        module.prepare_network(reader, TOPIC, {"device": "cpu", "weights": "", "backend": "eager"})
