@@ -112,9 +112,10 @@ def mean_shifts(problems: list[tuple[Tensor, float]], *, max_iter: int = 300) ->
             empty = torch.zeros(0, dtype=torch.int64, device=points.device)
             results.append(MeanShiftResult(empty, points.new_zeros(0, points.shape[1], dtype=torch.float64), empty))
             continue
-        centres, counts = climbed[i] or _climb_alone(_index(p), p.seeds, p.bandwidth, max_iter)
+        index = None if climbed[i] else _index(p)
+        centres, counts = climbed[i] or _climb_alone(index, p.seeds, p.bandwidth, max_iter)
         if not bool((counts > 0).any()):  # every bin seed isolated: the points are the seeds
-            centres, counts = _climb_alone(_index(p), p.x, p.bandwidth, max_iter)
+            centres, counts = _climb_alone(index or _index(p), p.x, p.bandwidth, max_iter)
         results.append(_finish(p, centres, counts))
     return results
 

@@ -11,7 +11,6 @@ of them measure the same code in either mode.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -141,8 +140,7 @@ def upsample_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
     return upsample_labels(logits, argmax_classes(logits), size)
 
 
-def upsample_labels(logits: Tensor, labels: Tensor, size: tuple[int, int], label_class: Tensor | None = None,
-                    out: Tensor | None = None) -> Tensor:
+def upsample_labels(logits: Tensor, labels: Tensor, size: tuple[int, int], label_class: Tensor | None = None) -> Tensor:
     """Labels of [h, w] cells brought to [H, W] ``size`` in one upsampling, guided by the bilinearly upsampled
     logits [K, h, w] (``F.interpolate(mode="bilinear", align_corners=False)``).
 
@@ -156,7 +154,7 @@ def upsample_labels(logits: Tensor, labels: Tensor, size: tuple[int, int], label
     class c. So the result's class map is exactly the argmax of the bilinear logits (but for float-rounding
     ties), and an instance code spreads into the pixels of its class around its cells, never into another class.
 
-    Returns ``labels``' dtype [H, W], written into ``out`` if given (``fitting``: same device, dtype, shape).
+    Returns ``labels``' dtype [H, W].
     """
     k, h, w = logits.shape
     height, width = size
@@ -167,7 +165,7 @@ def upsample_labels(logits: Tensor, labels: Tensor, size: tuple[int, int], label
     shared = torch.where((labels == right) & (labels == below) & (labels == diagonal), labels, mixed)
     y0, y1, wy = bilinear_sources(height, h, logits.device)
     x0, x1, wx = bilinear_sources(width, w, logits.device)
-    out = torch.index_select(shared.index_select(0, y0), 1, x0, out=out)
+    out = torch.index_select(shared.index_select(0, y0), 1, x0)
     ys, xs = torch.nonzero(out == mixed, as_tuple=True)
     if not len(ys):
         return out
