@@ -14,7 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from panoptic_ros.backends import BACKENDS
+from panoptic_ros.backends import add_backend_argument
 from panoptic_ros.evaluate_bag import DEFAULT_BAG, evaluate_bag
 from panoptic_ros.predictor import DEFAULT_WEIGHTS, Predictor
 
@@ -54,9 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="where the network runs (README, Backends): auto, the default, is the fastest for the "
-                             "device; an exported backend builds a missing artefact first")
+    add_backend_argument(parser)
     parser.add_argument("--quick", action="store_true", help="one measured pass instead of five")
     opts = parser.parse_args()
     predictor = Predictor.from_weights(opts.weights, device=opts.device, backend=opts.backend)

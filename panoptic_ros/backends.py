@@ -127,6 +127,13 @@ def compile_options(device: torch.device) -> dict:
     return {"max_autotune": True} if device.type == "cuda" else {}
 
 
+def add_backend_argument(parser) -> None:
+    """The ``--backend`` option every command line shares (argparse ``parser``), ``auto`` by default."""
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="where the network runs (README, Backends): auto, the default, is the fastest for the "
+                             "device; an exported backend builds a missing artefact first")
+
+
 def resolve_backend(backend: str, device: torch.device, precision: str, exportable: bool = True) -> str:
     """The backend ``auto`` stands for on ``device`` at ``precision`` (module docstring); others are checked.
     ``exportable=False``: the network runs eager only."""

@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .backends import BACKENDS
+from .backends import add_backend_argument
 from .bags import BagError, BagReader, BagWriter, Frame
 from .classes import ClassTable
 from .datasets import DATASETS
@@ -378,9 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bag_evaluation"), help="report folder")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="where the network runs (README, Backends): auto, the default, is the fastest for the "
-                             "device; an exported backend builds a missing artefact first")
+    add_backend_argument(parser)
     parser.add_argument("--limit", type=int, help="first N frames only")
     parser.add_argument("--output-bag", type=Path, help="write the predictions to this new bag (.mcap, .db3 or folder)")
     parser.add_argument("--export-cityscapes", action="store_true", help="Cityscapes panoptic sets in OUT/cityscapes")

@@ -24,7 +24,7 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from .backends import BACKENDS
+from .backends import add_backend_argument
 from .checkpoint import read_weights, save_state
 from .classes import ClassTable
 from .datasets import DATASETS, read_rgb
@@ -282,9 +282,7 @@ def main() -> None:
     parser.add_argument("--root", required=True)
     parser.add_argument("--split", default="val")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="where the network runs (README, Backends): auto, the default, is the fastest for the "
-                             "device; an exported backend builds a missing artefact first")
+    add_backend_argument(parser)
     parser.add_argument("--limit", type=int, help="first N images only")
     parser.add_argument("--out", type=Path, default=Path("evaluation"), help="report folder (evaluate)")
     parser.add_argument("--candidates", type=float, nargs="+", default=list(DEFAULT_CANDIDATES))

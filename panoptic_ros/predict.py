@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .backends import BACKENDS
+from .backends import add_backend_argument
 from .datasets import read_rgb
 from .predictor import DEFAULT_WEIGHTS, Predictor
 from .visualize import render_panoptic
@@ -26,9 +26,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--out", type=Path, default=Path("predictions"))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="where the network runs (README, Backends): auto, the default, is the fastest for the "
-                             "device; an exported backend builds a missing artefact first")
+    add_backend_argument(parser)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--scale", type=float, default=1.0, help="resize factor of the network input")
     opts = parser.parse_args()
