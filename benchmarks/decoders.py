@@ -33,6 +33,13 @@ SHIPPED = [DEFAULT_WEIGHTS, DEFAULT_WEIGHTS.with_name("panonet_dcme_camvid.safet
            DEFAULT_WEIGHTS.with_name("panonet_bridging_camvid.safetensors")]
 RESOLUTIONS = ((480, 360), (1024, 512))
 POSTPROCESS_STAGES = ("clustering", "merge")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def shown(path: Path) -> str:
+    """``path`` as the table names it: relative to the repository when inside it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
 
 
 def accuracy(predictor: Predictor, dataset, limit: int | None) -> dict:
@@ -60,9 +67,9 @@ def table_lines(results: dict, resolutions: list[str]) -> list[str]:
     for r in resolutions:
         head += [f"post-processing ms {r}", f"total ms {r}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, row in results.items():
+    for row in results.values():
         acc = row.get("accuracy", {})
-        cells = [row["decoder"], f"`{Path(row['weights']).name}`",
+        cells = [row["decoder"], f"`{row['weights']}`",
                  *(_percent(acc.get(k)) for k in ("pq", "pq_things", "pq_stuff", "ap", "ap50", "miou"))]
         for r in resolutions:
             cells += [f"{row['latency'][r]['postprocess_ms']:.1f}", f"{row['latency'][r]['total_ms']:.1f}"]
@@ -86,9 +93,11 @@ def main() -> None:
         predictor = Predictor.from_weights(path, device="cpu", backend=opts.backend, cache_dir=cache)
         if not predictor.instance_decoder:
             raise SystemExit(f"{path}: a {predictor.mode}-mode model, not a PanoNet with an instance decoder")
-        name = f"{predictor.instance_decoder} ({path.name})"
+        name = shown(path)
+        if name in results:
+            raise SystemExit(f"{path}: given twice")
         predictors[name] = predictor
-        results[name] = {"decoder": predictor.instance_decoder, "weights": str(path), "backend": predictor.backend,
+        results[name] = {"decoder": predictor.instance_decoder, "weights": name, "backend": predictor.backend,
                          "latency": {}}
     if opts.root:
         dataset = DATASETS[opts.dataset](opts.root, opts.split)
