@@ -50,6 +50,7 @@ bench: setup-kilted
 	$(PY) -m benchmarks.node
 	$(PY) -m benchmarks.soak
 	$(PY) -m benchmarks.mirror $(if $(wildcard ../shared/datasets/camvid),--root ../shared/datasets/camvid --split val)
+	$(PY) -m benchmarks.decoders $(if $(wildcard ../shared/datasets/camvid),--root ../shared/datasets/camvid --split val)
 
 # Mutation testing of the core modules (not part of `make test` or CI): scripts/mutate.py runs mutmut
 # (requirements-dev.txt, installed here) module by module, each in a snapshot of the tree under build/mutation/
