@@ -38,9 +38,9 @@ def weights(tmp_path_factory):
 
 
 def check_result(result: dict) -> None:
-    """What a decoders result file holds whatever the machine: one row per decoder, the post-processing and total
+    """What a decoders result file holds whatever the machine: rows of all three decoders, the post-processing and total
     columns the sums of the Predictor's stage medians, accuracy as fractions."""
-    assert sorted(row["decoder"] for row in result["results"].values()) == ["bridging", "dcme", "embedding"]
+    assert {row["decoder"] for row in result["results"].values()} == {"bridging", "dcme", "embedding"}
     assert result["resolutions"] == (["160x128"] if result["quick"] else ["480x360", "1024x512"])
     for row in result["results"].values():
         assert list(row["latency"]) == result["resolutions"]
@@ -107,6 +107,5 @@ def test_an_accuracy_mode_file_is_refused(tiny_fpn_weights, monkeypatch):
         decoders.main()
 
 
-@pytest.mark.skipif(not RESULTS.exists(), reason="no committed decoders result yet")
 def test_the_committed_table_holds_the_checks():
     check_result(json.loads(RESULTS.read_text()))
