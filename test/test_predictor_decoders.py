@@ -238,3 +238,25 @@ def test_the_onnxruntime_backend_exports_every_decoder_and_agrees_with_eager(sav
     torch.testing.assert_close(raw_exported.outputs["embedding"], raw_eager.outputs["embedding"], atol=1e-4, rtol=1e-4)
     a, b = eager(rgb), exported(rgb)
     assert [(s.id, s.area) for s in a.segments] == [(s.id, s.area) for s in b.segments]
+
+
+@pytest.mark.parametrize("decoder", ["dcme", "bridging"])
+def test_the_shipped_decoder_models_find_the_sample_frames_things(decoder):
+    """The shipped DCME and Bridging files (issue #13, ``panoptic_ros/weights/README.md``) record their decoder, are
+    stored in fp16, and on the embedded CamVid frame find the car and pedestrians the embedding model finds, with a
+    semantic map within 5% of its (the three share stage 1)."""
+    from panoptic_ros.datasets import read_rgb
+    from panoptic_ros.demo import DEFAULT_IMAGE
+
+    path = DEFAULT_WEIGHTS.with_name(f"panonet_{decoder}_camvid.safetensors")
+    with safe_open(str(path), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()} == {torch.float16}
+    assert path.stat().st_size < 50 * 2**20
+    rgb = read_rgb(DEFAULT_IMAGE)
+    predictor = Predictor.from_weights(path, device="cpu", backend="eager")
+    assert predictor.instance_decoder == decoder and not predictor.bandwidths
+    prediction = predictor(rgb)
+    embedding = Predictor.from_weights(DEFAULT_WEIGHTS, device="cpu", backend="eager")(rgb)
+    assert (prediction.semantic == embedding.semantic).float().mean() >= 0.95
+    things = [s.class_id for s in prediction.segments if s.id >= INSTANCE_OFFSET]
+    assert things.count(CAR) >= 1 and things.count(PEDESTRIAN) >= 1
