@@ -19,6 +19,8 @@ class ConfigError(ValueError):
 
 #: PanoNet's instance decoders (issue #13; ``models.panonet.INSTANCE_DECODERS`` builds them).
 INSTANCE_DECODERS = ("embedding", "dcme", "bridging")
+#: PanoNet's semantic heads (issue #13 item 3; ``models.panonet.SEMANTIC_HEADS`` builds them).
+SEMANTIC_HEADS = ("icnet", "fusion")
 
 
 @dataclass
@@ -26,7 +28,9 @@ class ModelConfig:
     """PanoNet (``architecture: panonet``, the fast mode): ``models.PanoNet``'s keywords. ``instance_decoder``
     picks the instance branch's decoder (``embedding``: PanoNet's, the default and what every weights file without
     the key holds; ``dcme``; ``bridging``); ``embedding_dim`` is the embedding decoder's only, ``thing_classes``
-    (the dataset's thing class ids, increasing) the bridging decoder's only, empty for the others."""
+    (the dataset's thing class ids, increasing) the bridging decoder's only, empty for the others.
+    ``semantic_head`` picks the semantic branch's head: ``icnet`` (PanoNet's ICNet decoder, the default and what
+    every weights file without the key holds) or ``fusion`` (the fusion scheme's, ``models.fusion_head``)."""
 
     architecture: str = "panonet"
     num_classes: int = 11
@@ -36,6 +40,7 @@ class ModelConfig:
     share_encoder: bool = False
     instance_decoder: str = "embedding"
     thing_classes: tuple[int, ...] = ()
+    semantic_head: str = "icnet"
 
     def validate(self, where: str) -> None:
         _require(self.num_classes >= 1, where, "num_classes", self.num_classes, "an integer >= 1")
@@ -45,6 +50,8 @@ class ModelConfig:
                  "four integers >= 1")
         _require(self.instance_decoder in INSTANCE_DECODERS, where, "instance_decoder", self.instance_decoder,
                  f"one of {INSTANCE_DECODERS}")
+        _require(self.semantic_head in SEMANTIC_HEADS, where, "semantic_head", self.semantic_head,
+                 f"one of {SEMANTIC_HEADS}")
         things = list(self.thing_classes)
         if self.instance_decoder == "bridging":
             _require(bool(things) and things == sorted(set(things)) and things[0] >= 0

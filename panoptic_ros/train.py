@@ -54,7 +54,7 @@ from .checkpoint import load_model, save_weights
 from .config import STAGES, ExperimentConfig, ModelConfig, load_config
 from .datasets import DATASETS
 from .decoders import bridging_cascade_loss, dcme_cascade_loss
-from .losses import cascade_cross_entropy, cascade_discriminative_loss
+from .losses import CASCADE_WEIGHTS, cascade_cross_entropy, cascade_discriminative_loss
 from .metrics import SemanticIoU
 from .models import build_model
 from .models.panoptic_fpn import detection_targets
@@ -123,8 +123,9 @@ def forward_batch(model, batch: dict, cfg: ExperimentConfig) -> dict:
 def compute_losses(outputs: dict, batch: dict, cfg: ExperimentConfig, class_weights) -> dict[str, torch.Tensor]:
     """Eq. 1 (with optional bootstrapping) and the instance decoder's loss (``INSTANCE_LOSSES``: Eq. 6's cascade
     discriminative loss for embeddings), in fp32 whatever precision the network ran in."""
+    scales = [outputs["semantic"].float(), *(g.float() for g in outputs["semantic_guidance"])]
     semantic = cascade_cross_entropy(
-        [outputs["semantic"].float(), *(g.float() for g in outputs["semantic_guidance"])], batch["semantic"],
+        scales, batch["semantic"], CASCADE_WEIGHTS[:len(scales)],  # the fusion head has no guidance outputs
         ignore_index=IGNORE_LABEL, class_weights=class_weights,
         bootstrap_threshold=cfg.train.bootstrap_threshold, bootstrap_min_kept=cfg.train.bootstrap_min_kept,
     )

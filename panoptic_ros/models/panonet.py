@@ -18,6 +18,13 @@ instance embedding from two ICNet branches, with no detector.
   channels per thing class, box offset and size, Bridging paper Sec. 2.1; ``thing_classes`` names those classes).
   All three have ICNet's decoder contract, and the attribute stays ``embedding_decoder`` whichever it is, so every
   weights file keeps its state-dict keys.
+* ``semantic_head`` (issue #13 item 3) picks the semantic branch's head on the same encoder (``SEMANTIC_HEADS``):
+  ``icnet`` (ICNet's cascade feature fusion, Sec. III-A, the default) or ``fusion`` (the fusion scheme's semantic
+  head, ``fusion_head.FusionSemanticHead``: ASP at 1/32 and 1/16, two 3x3 convolutions at 1/8, the refinement
+  pyramid, concatenation at 1/4 and a 1x1 classifier; on ICNet's three encoder levels, without the paper's 1/4
+  level). Its ``channels`` follow ``width`` as ICNet's decoder does (128 x width; the paper's 128 at width 1). It
+  has no cascade guidance outputs, so Eq. 1's cascade loss has its one 1/4 term (lambda = 1) with it. The
+  attribute stays ``semantic_decoder``.
 
 ``forward`` returns raw outputs at 1/4 resolution: ``semantic`` [B, K, h, w] and ``embedding`` [B, E, h, w], the
 instance branch's output (E = ``embedding_dim``, 2 for dcme, 4 T for bridging), plus in training the cascade
@@ -32,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .fusion_head import FusionSemanticHead
 from .icnet import ICNetDecoder, ICNetEncoder
 
 
@@ -44,6 +52,7 @@ class PanoNetConfig:
     share_encoder: bool = False
     instance_decoder: str = "embedding"
     thing_classes: tuple[int, ...] = ()
+    semantic_head: str = "icnet"
 
 
 def _embedding_decoder(channels, width, embedding_dim, thing_classes):
@@ -68,6 +77,14 @@ def _bridging_decoder(channels, width, embedding_dim, thing_classes):
 #: -> a module with ``ICNetDecoder``'s contract. Only the chosen one is built.
 INSTANCE_DECODERS = {"embedding": _embedding_decoder, "dcme": _dcme_decoder, "bridging": _bridging_decoder}
 
+#: The semantic branch's head per ``semantic_head``: (encoder channels, num_classes, width) -> a module with
+#: ``ICNetDecoder``'s contract (``(logits at 1/4, guidance outputs)``).
+SEMANTIC_HEADS = {
+    "icnet": lambda channels, num_classes, width: ICNetDecoder(channels, num_classes, width),
+    "fusion": lambda channels, num_classes, width: FusionSemanticHead(channels, num_classes,
+                                                                      max(4, int(round(128 * width)))),
+}
+
 
 def coordinate_channels(batch: int, height: int, width: int, device=None, dtype=None) -> Tensor:
     """[B, 2, H, W]: x then y of each pixel centre, normalised to [-1, 1] (align_corners=False convention)."""
@@ -80,17 +97,20 @@ def coordinate_channels(batch: int, height: int, width: int, device=None, dtype=
 class PanoNet(nn.Module):
     def __init__(self, num_classes: int, embedding_dim: int = 12, width: float = 1.0,
                  depths: tuple[int, int, int, int] = (3, 4, 6, 3), share_encoder: bool = False,
-                 instance_decoder: str = "embedding", thing_classes: tuple[int, ...] = ()):
+                 instance_decoder: str = "embedding", thing_classes: tuple[int, ...] = (),
+                 semantic_head: str = "icnet"):
         super().__init__()
         if instance_decoder not in INSTANCE_DECODERS:
             raise ValueError(f"instance_decoder {instance_decoder!r} is not allowed: expected one of "
                              f"{tuple(INSTANCE_DECODERS)}")
+        if semantic_head not in SEMANTIC_HEADS:
+            raise ValueError(f"semantic_head {semantic_head!r} is not allowed: expected one of {tuple(SEMANTIC_HEADS)}")
         self.config = PanoNetConfig(num_classes, embedding_dim, width, tuple(depths), share_encoder, instance_decoder,
-                                    tuple(thing_classes))
+                                    tuple(thing_classes), semantic_head)
         self.instance_encoder = ICNetEncoder(5, width, depths)
         self.semantic_encoder = None if share_encoder else ICNetEncoder(3, width, depths)
         channels = self.instance_encoder.channels
-        self.semantic_decoder = ICNetDecoder(channels, num_classes, width)
+        self.semantic_decoder = SEMANTIC_HEADS[semantic_head](channels, num_classes, width)
         self.embedding_decoder = INSTANCE_DECODERS[instance_decoder](channels, width, embedding_dim,
                                                                      tuple(thing_classes))
         self.register_buffer("use_coordinates", torch.tensor(True))
