@@ -454,3 +454,19 @@ def test_postprocess_panonet_passes_stuff_min_area_on_in_input_pixels(stuff_min_
     # the instance map: the car's index 0 on its pixels, -1 on every other (kills merge_instances 137 and 138,
     # another value for the pixels of no instance)
     assert torch.equal(p.instances, torch.where(p.panoptic == 8000, 0, -1)) and int((p.instances == 0).sum()) == 64
+
+
+def test_pixels_of_the_tables_ignore_class_are_void_and_of_no_instance():
+    """A table whose ignore id is one of the network's classes (here sky, 0): cells that peak at it take the void
+    code, so their pixels are void in the panoptic map and of no instance (-1) in the instance map, and the car
+    keeps index 0. Kills ``merge_instances`` 148 and 149 (the void code's instance +1 or -2 instead of -1)."""
+    import dataclasses
+
+    from panoptic_ros.config import PostprocessConfig
+    from panoptic_ros.predictor import postprocess_panonet
+
+    table = dataclasses.replace(CAMVID, ignore_id=0)
+    p = postprocess_panonet(panonet_output(), table, PostprocessConfig(min_instance_pixels=4, stuff_min_area=0))
+    sky = p.semantic == 0
+    assert int(sky.sum()) > 0 and bool((p.panoptic[sky] == VOID_ID).all())
+    assert torch.equal(p.instances, torch.where(p.panoptic == 8000, 0, -1)) and int((p.instances == 0).sum()) == 64
