@@ -131,3 +131,33 @@ def test_tools_run_accuracy_weights_through_the_same_predictor(toy_camvid, tiny_
     summary = demo.run_panoptic(image, label, tmp_path / "demo", tiny_fpn_weights)
     assert set(summary["latency_ms"]) == {"preprocess", "model", "semantic", "merge"}
     assert (tmp_path / "demo" / "panoptic_overlay.png").is_file()
+
+
+def test_accuracy_postprocess_passes_every_merge_setting_and_fills_the_output_buffers(monkeypatch):
+    """Each ``DetectionPostprocessConfig`` value (none at its default) reaches ``merge_detections`` under its own
+    keyword, and the final maps are computed into the caller's buffers. Kills ``postprocess_panoptic_fpn`` 51, 61-64
+    (``mask_threshold``, ``overlap_threshold``, ``stuff_min_area``, ``min_new_area`` dropped or None) and 112, 118
+    (a buffer not passed to ``to_output``)."""
+    import panoptic_ros.predictor as predictor
+    from panoptic_ros.predictor import OutputBuffers
+
+    seen = {}
+    real = predictor.merge_detections
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictor, "merge_detections", spy)
+    config = DetectionPostprocessConfig(merge="panoptic_fpn", score_threshold=0.25, overlap_threshold=0.35,
+                                        mask_threshold=0.45, stuff_min_area=7, min_new_area=9)
+    raw = raw_output()
+    raw.out = OutputBuffers(semantic=torch.full((32, 48), 99, dtype=torch.uint8),
+                            segment_map=torch.full((32, 48), -5, dtype=torch.int16))
+    p = postprocess_panoptic_fpn(raw, CAMVID, config)
+    assert {k: seen[k] for k in ("merge", "score_threshold", "overlap_threshold", "mask_threshold", "stuff_min_area",
+                                 "min_new_area")} == {"merge": "panoptic_fpn", "score_threshold": 0.25,
+                                                      "overlap_threshold": 0.35, "mask_threshold": 0.45,
+                                                      "stuff_min_area": 7, "min_new_area": 9}
+    assert p.semantic.data_ptr() == raw.out.semantic.data_ptr() and int(raw.out.semantic.max()) < len(CAMVID)
+    assert p.segment_map.data_ptr() == raw.out.segment_map.data_ptr() and int(raw.out.segment_map.min()) >= -1

@@ -146,7 +146,8 @@ def test_dcme_post_processor_on_hand_built_vectors():
 
 def test_bridging_post_processor_on_hand_built_boxes():
     """Exact box regressions (``bridging_targets``, one 4-channel group per thing class): NMS over the pixel boxes
-    leaves one kept pixel per instance (Bridging paper Sec. 2.1), the occluded car's halves vote one box."""
+    leaves one kept pixel per instance (Bridging paper Sec. 2.1), the occluded car's halves vote one box; each
+    instance is scored by its pixels' mean semantic score."""
     ids, semantic, logits = scene()
     targets = bridging_targets(ids[None], semantic[None], CAMVID.thing_ids)
     regression = torch.zeros(4 * len(CAMVID.thing_ids), 12, 16)
@@ -155,6 +156,9 @@ def test_bridging_post_processor_on_hand_built_boxes():
     config = BridgingPostprocessConfig(min_instance_pixels=1, stuff_min_area=0)
     p = postprocess_bridging(raw(logits, regression), CAMVID, config)
     check_scene(p)
+    # scored by their pixels' mean class probability, a softmax over the classes (kills softmax(1))
+    confidence = float(logits.softmax(0).max(0).values[0, 0])
+    assert all(s.score == pytest.approx(confidence) for s in p.segments if s.is_thing)
     # a minimum size above the pedestrian's 6 cells drops it (its pixels then form no instance of their own:
     # assign_thing_pixels makes new instances only of at least min_instance_pixels cells too)
     bigger = postprocess_bridging(raw(logits, regression), CAMVID,
@@ -260,3 +264,31 @@ def test_the_shipped_decoder_models_find_the_sample_frames_things(decoder):
     assert (prediction.semantic == embedding.semantic).float().mean() >= 0.95
     things = [s.class_id for s in prediction.segments if s.id >= INSTANCE_OFFSET]
     assert things.count(CAR) >= 1 and things.count(PEDESTRIAN) >= 1
+
+
+@pytest.mark.parametrize("decoder, config, function", [
+    ("decode_dcme", DCMEPostprocessConfig(peak_radius=3, min_votes=4, max_distance=6.5, min_instance_pixels=2,
+                                          stuff_min_area=0), postprocess_dcme),
+    ("decode_bridging", BridgingPostprocessConfig(top_n=2, iou_threshold=0.35, region_iou_threshold=0.45,
+                                                  min_instance_pixels=2, stuff_min_area=0), postprocess_bridging)])
+def test_the_decoders_post_processors_pass_every_setting_on(decoder, config, function, monkeypatch):
+    """Each decoder setting (none at its default) reaches the decoding function under its own keyword. Kills the
+    post-processors' pass-through mutants (``postprocess_bridging``'s ``top_n``, ``iou_threshold`` and
+    ``region_iou_threshold`` dropped, ``postprocess_dcme``'s ``max_distance`` None)."""
+    import panoptic_ros.predictor as predictor
+
+    seen = {}
+    real = getattr(predictor, decoder)
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictor, decoder, spy)
+    ids, semantic, logits = scene()
+    instance_output = (dcme_targets(ids[None])[0] if decoder == "decode_dcme"
+                       else torch.zeros(4 * len(CAMVID.thing_ids), 12, 16))
+    function(raw(logits, instance_output), CAMVID, config)
+    expected = {"min_pixels": 2, **({"peak_radius": 3, "min_votes": 4, "max_distance": 6.5} if decoder == "decode_dcme"
+                                    else {"top_n": 2, "iou_threshold": 0.35, "region_iou_threshold": 0.45})}
+    assert seen == expected
