@@ -33,6 +33,7 @@ SHIPPED = [DEFAULT_WEIGHTS, DEFAULT_WEIGHTS.with_name("panonet_dcme_camvid.safet
            DEFAULT_WEIGHTS.with_name("panonet_bridging_camvid.safetensors")]
 RESOLUTIONS = ((480, 360), (1024, 512))
 POSTPROCESS_STAGES = ("clustering", "merge")
+METRICS = ("pq", "pq_things", "pq_stuff", "ap", "ap50", "miou")  # the table's accuracy columns, in order
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -69,8 +70,7 @@ def table_lines(results: dict, resolutions: list[str]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in results.values():
         acc = row.get("accuracy", {})
-        cells = [row["decoder"], f"`{row['weights']}`",
-                 *(_percent(acc.get(k)) for k in ("pq", "pq_things", "pq_stuff", "ap", "ap50", "miou"))]
+        cells = [row["decoder"], f"`{row['weights']}`", *(_percent(acc.get(k)) for k in METRICS)]
         for r in resolutions:
             cells += [f"{row['latency'][r]['postprocess_ms']:.1f}", f"{row['latency'][r]['total_ms']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -38,8 +38,8 @@ def weights(tmp_path_factory):
 
 
 def check_result(result: dict) -> None:
-    """What a decoders result file holds whatever the machine: rows of all three decoders, the post-processing and total
-    columns the sums of the Predictor's stage medians, accuracy as fractions."""
+    """What a decoders result file holds whatever the machine: rows of all three decoders, the post-processing and
+    total columns the sums of the Predictor's stage medians, accuracy as fractions of the images scored."""
     assert {row["decoder"] for row in result["results"].values()} == {"bridging", "dcme", "embedding"}
     assert result["resolutions"] == (["160x128"] if result["quick"] else ["480x360", "1024x512"])
     for row in result["results"].values():
@@ -50,8 +50,9 @@ def check_result(result: dict) -> None:
             assert run["postprocess_ms"] == pytest.approx(median["clustering"] + median["merge"])
             assert run["total_ms"] == pytest.approx(sum(median.values()))
         assert ("accuracy" in row) == bool(result["dataset"])
-        for value in row.get("accuracy", {}).values():
-            assert 0 <= value <= 1 or value == row["accuracy"]["images"]
+        if "accuracy" in row:
+            assert set(row["accuracy"]) == {"images", *decoders.METRICS} and row["accuracy"]["images"] >= 1
+            assert all(0 <= row["accuracy"][k] <= 1 for k in decoders.METRICS)
 
 
 def test_the_table_holds_the_evaluator_numbers_of_each_decoder(weights, toy_camvid, tmp_path, monkeypatch):
