@@ -12,6 +12,7 @@ names of the mutants not killed (``cd build/mutation/<name> && mutmut show NAME`
     python scripts/mutate.py --tests-at 3e44170 # the modules' tests as at that commit (the score before new tests)
     python scripts/mutate.py --not-killed       # after adding tests: only the mutants the last run did not kill
     python scripts/mutate.py predictor --functions upsample_labels merge_instances  # a part of a module
+    python scripts/mutate.py predictor --functions Predictor.to Family.of           # methods: Class.method
 """
 
 from __future__ import annotations
@@ -89,6 +90,12 @@ def config(file: str, tests: list[str], pytest_args: list[str]) -> str:
             "process_isolation = forkserver\ntimeout_multiplier = 10.0\ntimeout_constant = 5.0\n")
 
 
+def mutant_prefix(function: str) -> str:
+    """mutmut 3's name for the mutants of a module-level function ``f`` (``x_f``) or a method ``C.m`` (``xǁCǁm``)."""
+    cls, _, method = function.rpartition(".")
+    return f"xǁ{cls}ǁ{method}" if cls else f"x_{function}"
+
+
 def score(work: Path, file: str, patterns: list[str]) -> dict:
     codes = json.loads((work / "mutants" / f"{file}.meta").read_text())["exit_code_by_key"]
     tested = {k: c for k, c in codes.items() if any(fnmatch.fnmatch(k, p) for p in patterns) and c is not None}
@@ -106,8 +113,8 @@ def main() -> None:
                         help="run only the mutants the last run of each module did not kill (tests only added since: "
                              "the others stay killed) and count the newly killed ones in")
     parser.add_argument("--functions", nargs="+", metavar="NAME",
-                        help="only the mutants of these module-level functions (a partial run, recorded as "
-                             "'<module>[<functions>]', beside the module's whole run)")
+                        help="only the mutants of these module-level functions or methods (Class.method; a partial "
+                             "run, recorded as '<module>[<functions>]', beside the module's whole run)")
     parser.add_argument("--max-children", type=int, default=2)
     args = parser.parse_args()
     if set(args.modules) - set(MODULES):
@@ -120,7 +127,7 @@ def main() -> None:
         name = module
         if args.functions:
             prefix = file.removesuffix(".py").replace("/", ".")
-            patterns = [f"{prefix}.x_{function}__mutmut_*" for function in args.functions]
+            patterns = [f"{prefix}.{mutant_prefix(function)}__mutmut_*" for function in args.functions]
             name = f"{module}[{','.join(args.functions)}]"
         previous = load().get(name)
         if args.not_killed:
