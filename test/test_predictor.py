@@ -78,6 +78,21 @@ def test_smallest_images_run_and_a_downscale_stops_at_the_minimum(predictor):
     assert predictor(image(18, 64), scale=0.25).panoptic.shape == (18, 64)  # network input 18 x 18, not 4 x 16
 
 
+
+def test_network_size_takes_the_configured_scale_unless_given_one(predictor):
+    """``network_size`` as the realtime replay calls it, directly: ``run_network`` always passes its scale and skips
+    1.0, so only a direct call reaches the configured-scale default and the scale-1 shortcut. Kills
+    ``xǁPredictorǁnetwork_size__mutmut_2``-``4`` (the configured scale never, always or wrongly taken) and ``_6``
+    (the shortcut taken at 2.0 instead of 1.0)."""
+    predictor.scale = 0.5
+    try:
+        assert predictor.network_size(100, 200) == (50, 100)
+        assert predictor.network_size(100, 200, 2.0) == (200, 400)
+        assert predictor.network_size(100, 200, 1.0) == (100, 200)
+        assert predictor.network_size(100, 200, 0.1) == (18, 20)  # never below the network's 18 pixels
+    finally:
+        predictor.scale = 1.0
+
 def test_from_weights_and_bad_options(tmp_path):
     cfg = config_from_dict({"model": {"num_classes": 11, "width": 0.125, "depths": [1, 1, 1, 1]}})
     path = save_weights(build_model("panonet", **cfg.model.kwargs()), cfg, tmp_path / "w.safetensors")
