@@ -167,10 +167,12 @@ def test_bridging_post_processor_on_hand_built_boxes():
 
 
 def test_old_weights_read_as_embedding_and_new_ones_record_the_decoder(saved):
-    """The shipped file predates the switch: no instance_decoder key, an embedding model with bandwidths."""
-    with safe_open(str(DEFAULT_WEIGHTS), "pt") as f:
+    """A shipped file that predates the switch (the stage-2a model): no instance_decoder key, an embedding model
+    with bandwidths."""
+    old = DEFAULT_WEIGHTS.with_name("panonet_camvid_without_coordinates.safetensors")
+    with safe_open(str(old), "pt") as f:
         assert "instance_decoder" not in json.loads(f.metadata()["model"])
-    _, model_cfg, post_cfg, _ = read_weights(DEFAULT_WEIGHTS)
+    _, model_cfg, post_cfg, _ = read_weights(old)
     assert model_cfg.instance_decoder == "embedding" and type(post_cfg) is PostprocessConfig and post_cfg.bandwidths
     decoder, path = saved
     _, model_cfg, post_cfg, _ = read_weights(path)

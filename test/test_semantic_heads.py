@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from panoptic_ros.checkpoint import load_model, read_weights
 from panoptic_ros.config import ConfigError, config_from_dict
@@ -95,7 +96,10 @@ def test_a_fusion_head_model_trains_saves_and_predicts(toy_camvid, tmp_path):
 
 
 def test_weights_files_without_the_key_are_icnet_files():
-    _, model_cfg, _, _ = read_weights(DEFAULT_WEIGHTS)
+    old = DEFAULT_WEIGHTS.with_name("panonet_camvid_without_coordinates.safetensors")  # predates the key
+    with safe_open(str(old), "pt") as f:
+        assert "semantic_head" not in json.loads(f.metadata()["model"])
+    _, model_cfg, _, _ = read_weights(old)
     assert model_cfg.semantic_head == "icnet"
 
 
