@@ -485,3 +485,14 @@ def test_pixels_of_the_tables_ignore_class_are_void_and_of_no_instance():
     sky = p.semantic == 0
     assert int(sky.sum()) > 0 and bool((p.panoptic[sky] == VOID_ID).all())
     assert torch.equal(p.instances, torch.where(p.panoptic == 8000, 0, -1)) and int((p.instances == 0).sum()) == 64
+
+
+def test_from_weights_takes_the_class_table_the_file_names(tmp_path):
+    """A Cityscapes file gets the Cityscapes table, not CamVid's (every other test loads CamVid files). Kills
+    ``xǁPredictorǁfrom_weights__mutmut_4``-``7`` (the recorded dataset not read, so CamVid's 11-class table is
+    refused for a 19-class model)."""
+    cfg = config_from_dict({"model": {"num_classes": 19, "width": 0.125, "depths": [1, 1, 1, 1]},
+                            "data": {"dataset": "cityscapes"}})
+    path = save_weights(build_model("panonet", **cfg.model.kwargs()), cfg, tmp_path / "cityscapes.safetensors")
+    predictor = Predictor.from_weights(path, device="cpu", backend="eager")
+    assert predictor.table.name == "cityscapes" and len(predictor.table) == 19
