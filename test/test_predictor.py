@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from panoptic_ros.checkpoint import WeightsError, save_weights
+from panoptic_ros.checkpoint import WeightsError, read_weights, save_state, save_weights
 from panoptic_ros.classes import CAMVID
 from panoptic_ros.config import config_from_dict
 from panoptic_ros.models import build_model
@@ -487,12 +487,25 @@ def test_pixels_of_the_tables_ignore_class_are_void_and_of_no_instance():
     assert torch.equal(p.instances, torch.where(p.panoptic == 8000, 0, -1)) and int((p.instances == 0).sum()) == 64
 
 
-def test_from_weights_takes_the_class_table_the_file_names(tmp_path):
-    """A Cityscapes file gets the Cityscapes table, not CamVid's (every other test loads CamVid files). Kills
-    ``xǁPredictorǁfrom_weights__mutmut_4``-``7`` (the recorded dataset not read, so CamVid's 11-class table is
-    refused for a 19-class model)."""
+def test_from_weights_takes_the_files_class_table_name_and_path(tmp_path):
+    """A Cityscapes file gets the Cityscapes table (every other test loads CamVid files), a file without a dataset
+    CamVid's, a file whose class count is not its table's a whole error; the Predictor is named after the file and
+    hands its path on (the export command a refused artefact names). Kills ``xǁPredictorǁfrom_weights__mutmut_4``
+    -``9`` (the recorded dataset not read, or another fallback), ``_11`` (the message), ``_15``, ``_20`` (the
+    name) and ``_16``, ``_21``, ``_24`` (the path)."""
     cfg = config_from_dict({"model": {"num_classes": 19, "width": 0.125, "depths": [1, 1, 1, 1]},
                             "data": {"dataset": "cityscapes"}})
-    path = save_weights(build_model("panonet", **cfg.model.kwargs()), cfg, tmp_path / "cityscapes.safetensors")
+    path = save_weights(build_model("panonet", **cfg.model.kwargs()), cfg, tmp_path / "city.safetensors")
     predictor = Predictor.from_weights(path, device="cpu", backend="eager")
     assert predictor.table.name == "cityscapes" and len(predictor.table) == 19
+    assert predictor.name == "city" and predictor.network.weights == str(path)
+    state, model_cfg, post_cfg, _ = read_weights(path)
+    unnamed = save_state(state, model_cfg, post_cfg, {"dataset": ""}, tmp_path / "unnamed.safetensors")
+    with pytest.raises(ValueError) as error:
+        Predictor.from_weights(unnamed, device="cpu", backend="eager")
+    assert str(error.value) == f"{unnamed}: 19 classes, but the camvid table has 11"
+    camvid = config_from_dict({"model": {"num_classes": 11, "width": 0.125, "depths": [1, 1, 1, 1]}})
+    state, model_cfg, post_cfg, _ = read_weights(save_weights(build_model("panonet", **camvid.model.kwargs()), camvid,
+                                                              tmp_path / "camvid.safetensors"))
+    unnamed = save_state(state, model_cfg, post_cfg, {"dataset": ""}, tmp_path / "unnamed_camvid.safetensors")
+    assert Predictor.from_weights(unnamed, device="cpu", backend="eager").table.name == "camvid"
