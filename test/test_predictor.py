@@ -509,3 +509,10 @@ def test_from_weights_takes_the_files_class_table_name_and_path(tmp_path):
                                                               tmp_path / "camvid.safetensors"))
     unnamed = save_state(state, model_cfg, post_cfg, {"dataset": ""}, tmp_path / "unnamed_camvid.safetensors")
     assert Predictor.from_weights(unnamed, device="cpu", backend="eager").table.name == "camvid"
+
+
+def test_a_predictor_built_from_a_model_is_named_panonet_and_has_no_weights_file(predictor):
+    """The defaults of a Predictor made from a module rather than a file: reports name it ``panonet``, and its
+    backend has no weights path (a refused artefact's export command then says ``--weights W``). Kills
+    ``xǁPredictorǁ__init____mutmut_6``, ``_7`` (another default name) and ``_11`` (a default path)."""
+    assert predictor.name == "panonet" and predictor.network.weights == ""
