@@ -516,3 +516,13 @@ def test_a_predictor_built_from_a_model_is_named_panonet_and_has_no_weights_file
     backend has no weights path (a refused artefact's export command then says ``--weights W``). Kills
     ``xǁPredictorǁ__init____mutmut_6``, ``_7`` (another default name) and ``_11`` (a default path)."""
     assert predictor.name == "panonet" and predictor.network.weights == ""
+
+
+@pytest.mark.parametrize("scale", [0.049, 4.001])
+def test_scales_outside_the_range_are_refused_whole_and_its_ends_accepted(scale):
+    """``scale`` in [0.05, 4], both ends included. Kills ``xǁPredictorǁ__init____mutmut_17``, ``_18`` (an end
+    excluded), ``_19`` (another upper end) and ``_20`` (the message)."""
+    assert ramp_predictor(scale=0.05).scale == 0.05 and ramp_predictor(scale=4.0).scale == 4.0
+    with pytest.raises(ValueError) as error:
+        ramp_predictor(scale=scale)
+    assert str(error.value) == f"scale {scale!r} is not allowed: expected a number in [0.05, 4]"
