@@ -492,13 +492,16 @@ def test_from_weights_takes_the_files_class_table_name_and_path(tmp_path):
     CamVid's, a file whose class count is not its table's a whole error; the Predictor is named after the file and
     hands its path on (the export command a refused artefact names). Kills ``xǁPredictorǁfrom_weights__mutmut_4``
     -``9`` (the recorded dataset not read, or another fallback), ``_11`` (the message), ``_15``, ``_20`` (the
-    name) and ``_16``, ``_21``, ``_24`` (the path)."""
+    name) and ``_16``, ``_21``, ``_24`` (the path); with the backend's settings handed on, ``xǁPredictorǁ_networks__mutmut_6``,
+    ``_8``, ``_15`` and ``_16`` (the cache folder, the path or ``build_missing`` dropped or shifted)."""
     cfg = config_from_dict({"model": {"num_classes": 19, "width": 0.125, "depths": [1, 1, 1, 1]},
                             "data": {"dataset": "cityscapes"}})
     path = save_weights(build_model("panonet", **cfg.model.kwargs()), cfg, tmp_path / "city.safetensors")
-    predictor = Predictor.from_weights(path, device="cpu", backend="eager")
+    predictor = Predictor.from_weights(path, device="cpu", backend="eager", cache_dir=tmp_path / "cache",
+                                       build_missing=False)
     assert predictor.table.name == "cityscapes" and len(predictor.table) == 19
     assert predictor.name == "city" and predictor.network.weights == str(path)
+    assert predictor.network.cache_dir == tmp_path / "cache" and predictor.network.build_missing is False
     state, model_cfg, post_cfg, _ = read_weights(path)
     unnamed = save_state(state, model_cfg, post_cfg, {"dataset": ""}, tmp_path / "unnamed.safetensors")
     with pytest.raises(ValueError) as error:
