@@ -78,7 +78,6 @@ def test_smallest_images_run_and_a_downscale_stops_at_the_minimum(predictor):
     assert predictor(image(18, 64), scale=0.25).panoptic.shape == (18, 64)  # network input 18 x 18, not 4 x 16
 
 
-
 def test_network_size_takes_the_configured_scale_unless_given_one(predictor):
     """``network_size`` as the realtime replay calls it, directly: ``run_network`` always passes its scale and skips
     1.0, so only a direct call reaches the configured-scale default and the scale-1 shortcut. Kills
@@ -92,6 +91,7 @@ def test_network_size_takes_the_configured_scale_unless_given_one(predictor):
         assert predictor.network_size(100, 200, 0.1) == (18, 20)  # never below the network's 18 pixels
     finally:
         predictor.scale = 1.0
+
 
 def test_from_weights_and_bad_options(tmp_path):
     cfg = config_from_dict({"model": {"num_classes": 11, "width": 0.125, "depths": [1, 1, 1, 1]}})
@@ -492,8 +492,9 @@ def test_from_weights_takes_the_files_class_table_name_and_path(tmp_path):
     CamVid's, a file whose class count is not its table's a whole error; the Predictor is named after the file and
     hands its path on (the export command a refused artefact names). Kills ``xǁPredictorǁfrom_weights__mutmut_4``
     -``9`` (the recorded dataset not read, or another fallback), ``_11`` (the message), ``_15``, ``_20`` (the
-    name) and ``_16``, ``_21``, ``_24`` (the path); with the backend's settings handed on, ``xǁPredictorǁ_networks__mutmut_6``,
-    ``_8``, ``_15`` and ``_16`` (the cache folder, the path or ``build_missing`` dropped or shifted)."""
+    name) and ``_16``, ``_21``, ``_24`` (the path); with the backend's settings handed on,
+    ``xǁPredictorǁ_networks__mutmut_6``, ``_8``, ``_15`` and ``_16`` (the cache folder, the path or
+    ``build_missing`` dropped or shifted)."""
     cfg = config_from_dict({"model": {"num_classes": 19, "width": 0.125, "depths": [1, 1, 1, 1]},
                             "data": {"dataset": "cityscapes"}})
     path = save_weights(build_model("panonet", **cfg.model.kwargs()), cfg, tmp_path / "city.safetensors")
