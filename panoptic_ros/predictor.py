@@ -28,6 +28,7 @@ from .config import BridgingPostprocessConfig, DCMEPostprocessConfig, DetectionP
 from .decoders import decode_bridging, decode_dcme
 from .backends import Networks
 from .models import ARCHITECTURES
+from .models.icnet import bilinear_sources
 from .panoptic_merge import merge_detections
 from .postprocess import (VOID_ID, InstanceMap, Segment, assign_thing_pixels, cluster_instances, merge_codes,
                           panoptic_codes)
@@ -124,13 +125,11 @@ def argmax_classes(logits: Tensor) -> Tensor:
     return index
 
 
-def bilinear_sources(size: int, coarse: int, device=None) -> tuple[Tensor, Tensor, Tensor]:
-    """For each of ``size`` output positions of ``F.interpolate(mode="bilinear", align_corners=False)`` from
-    ``coarse`` inputs: the two source indices and the weight of the second (source coordinate
-    max(0, (i + 0.5) * coarse / size - 0.5), indices clamped to the input)."""
-    src = ((torch.arange(size, device=device, dtype=torch.float32) + 0.5) * (coarse / size) - 0.5).clamp_(min=0)
-    first = src.floor().long().clamp_(max=coarse - 1)
-    return first, (first + 1).clamp_(max=coarse - 1), src - first
+def nearest_rows_cols(grid: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``grid[rows][:, cols]`` of a [h, w] grid: [len(rows), len(cols)]. The columns are gathered as rows of the
+    transposed grid and every gather copies whole rows; ``index_select`` along dim 1 of the upsampled rows
+    instead was 6-10x slower on the CPU (3.5 vs 0.35-0.55 ms at 1024x512 from 256x128)."""
+    return grid.t().contiguous().index_select(0, cols).t().contiguous().index_select(0, rows)
 
 
 def upsample_argmax(logits: Tensor, size: tuple[int, int]) -> Tensor:
@@ -165,7 +164,7 @@ def upsample_labels(logits: Tensor, labels: Tensor, size: tuple[int, int], label
     shared = torch.where((labels == right) & (labels == below) & (labels == diagonal), labels, mixed)
     y0, y1, wy = bilinear_sources(height, h, logits.device)
     x0, x1, wx = bilinear_sources(width, w, logits.device)
-    out = torch.index_select(shared.index_select(0, y0), 1, x0)
+    out = nearest_rows_cols(shared, y0, x0)
     ys, xs = torch.nonzero(out == mixed, as_tuple=True)
     if not len(ys):
         return out

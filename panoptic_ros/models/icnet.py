@@ -40,19 +40,63 @@ def bottleneck_stage(in_channels: int, planes: int, blocks: int, stride: int, di
     return nn.Sequential(*layers)
 
 
+def bilinear_sources(size: int, coarse: int, device=None,
+                     dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
+    """For each of ``size`` output positions of ``F.interpolate(mode="bilinear", align_corners=False)`` from
+    ``coarse`` inputs: the two source indices and the weight of the second (source coordinate
+    max(0, (i + 0.5) * coarse / size - 0.5) in ``dtype``, indices clamped to the input)."""
+    src = ((torch.arange(size, device=device, dtype=dtype) + 0.5) * (coarse / size) - 0.5).clamp_(min=0)
+    first = src.floor().long().clamp_(max=coarse - 1)
+    return first, (first + 1).clamp_(max=coarse - 1), src - first
+
+
+def adaptive_pool_matrix(size: int, bins: int, device=None, dtype=torch.float32) -> Tensor:
+    """[bins, size]: row i averages bin i of ``F.adaptive_avg_pool1d`` from ``size`` to ``bins`` cells, the cells
+    floor(i * size / bins) to ceil((i + 1) * size / bins) - 1 (bins overlap where ``bins`` does not divide
+    ``size``)."""
+    i = torch.arange(bins, device=device)
+    start, end = i * size // bins, ((i + 1) * size + bins - 1) // bins
+    j = torch.arange(size, device=device)
+    inside = (j >= start[:, None]) & (j < end[:, None])
+    return inside.to(dtype) / (end - start).to(dtype)[:, None]
+
+
+def upsample_matrix(size: int, bins: int, device=None, dtype=torch.float32) -> Tensor:
+    """[size, bins]: ``F.interpolate(mode="linear", align_corners=False)`` from ``bins`` to ``size`` cells (each
+    output the weighted sum of its two ``bilinear_sources``)."""
+    first, second, weight = bilinear_sources(size, bins, device, dtype)
+    k = torch.arange(bins, device=device)
+    weight = weight[:, None]
+    return (k == first[:, None]).to(dtype) * (1 - weight) + (k == second[:, None]).to(dtype) * weight
+
+
 class PyramidPooling(nn.Module):
-    """PSPNet pyramid pooling as ICNet uses it: pooled context at several bin sizes, upsampled and summed."""
+    """PSPNet pyramid pooling as ICNet uses it: pooled context at several bin sizes, upsampled and summed.
+
+    Each bin size b adds ``F.interpolate(F.adaptive_avg_pool2d(x, b), x's size, mode="bilinear")``, computed as
+    the linear map it is: with the per-axis [b, H] pooling and [H, b] upsampling matrices
+    (``adaptive_pool_matrix``, ``upsample_matrix``), the flattened [C, H W] map times the Kronecker product of the
+    pooling matrices gives the [C, b b] bins, and those times the Kronecker product of the upsampling matrices give
+    the [C, H W] context; every bin size's matrices are stacked, so the whole module is two matrix products.
+    Equal to the pooling and interpolation ops up to float rounding (``test/models/test_icnet.py``). Exported, the
+    ops were the problem: ``torch.onnx.export`` decomposed adaptive pooling with bins that do not divide the map into
+    some 200 gather, where and split nodes, 16 ms of a 90 ms ONNX Runtime frame at 1024x512 (2-core CPU); the two
+    products take about 1 ms there (4 ms for separable per-axis products, whose batched small matrices ONNX Runtime
+    runs slowly).
+    """
 
     def __init__(self, bins: tuple[int, ...] = (1, 2, 3, 6)):
         super().__init__()
         self.bins = bins
 
     def forward(self, x: Tensor) -> Tensor:
-        out = x
-        for b in self.bins:
-            pooled = F.adaptive_avg_pool2d(x, b)
-            out = out + F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return out
+        h, w = x.shape[-2:]
+        args = (x.device, x.dtype)
+        pool = torch.cat([torch.kron(adaptive_pool_matrix(h, b, *args), adaptive_pool_matrix(w, b, *args))
+                          for b in self.bins])  # [sum b^2, H W]
+        up = torch.cat([torch.kron(upsample_matrix(h, b, *args), upsample_matrix(w, b, *args))
+                        for b in self.bins], 1)  # [H W, sum b^2]
+        return x + ((x.reshape(*x.shape[:-2], h * w) @ pool.t()) @ up.t()).reshape(x.shape)
 
 
 class CascadeFeatureFusion(nn.Module):

@@ -1,0 +1,55 @@
+"""ICNet's pyramid pooling as matrix products against its reference, torch's adaptive pooling and interpolation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from panoptic_ros.models.icnet import PyramidPooling, adaptive_pool_matrix, upsample_matrix
+
+
+def reference_pyramid_pooling(x, bins=(1, 2, 3, 6)):
+    out = x
+    for b in bins:
+        out = out + F.interpolate(F.adaptive_avg_pool2d(x, b), size=x.shape[-2:], mode="bilinear",
+                                  align_corners=False)
+    return out
+
+
+# Bins that divide the map and bins that do not (overlapping bins: 6 of 11 rows), maps smaller than the bins
+# (a 1 x 1 map, 2 rows for 6 bins), and the 1/32 map of a 1024 x 512 frame.
+SHAPES = [(2, 3, 11, 15), (1, 4, 1, 1), (1, 2, 2, 9), (1, 3, 7, 5), (1, 8, 16, 32)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_pyramid_pooling_equals_pooling_and_interpolation(shape):
+    x = torch.randn(shape, dtype=torch.float64)
+    torch.testing.assert_close(PyramidPooling()(x), reference_pyramid_pooling(x), rtol=0, atol=1e-12)
+    x32 = x.float()
+    torch.testing.assert_close(PyramidPooling()(x32), reference_pyramid_pooling(x32), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_pyramid_pooling_gradient_equals_the_reference(shape):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(shape, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((PyramidPooling()(x) * weight).sum(), x)
+    (expected,) = torch.autograd.grad((reference_pyramid_pooling(x) * weight).sum(), x)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-12)
+
+
+def test_pyramid_pooling_keeps_channels_last_inputs_right():
+    x = torch.randn(2, 3, 11, 15).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(PyramidPooling()(x), reference_pyramid_pooling(x.contiguous()), rtol=0, atol=2e-6)
+
+
+def test_adaptive_pool_matrix_rows_are_the_bins():
+    """Bin i of n = 7 cells into 3 is [floor(7 i / 3), ceil(7 (i + 1) / 3)): cells 0-2, 2-4, 4-6 (overlapping)."""
+    expected = torch.tensor([[1, 1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1, 1]]) / 3
+    torch.testing.assert_close(adaptive_pool_matrix(7, 3, dtype=torch.float64), expected.double())
+
+
+def test_upsample_matrix_rows_are_the_bilinear_weights():
+    """2 cells to 5 (align_corners=False): sources max(0, (i + 0.5) * 2 / 5 - 0.5) = 0, 0.1, 0.5, 0.9, 1.3; the last
+    is past the last cell, which takes all of its weight."""
+    expected = torch.tensor([[1, 0], [0.9, 0.1], [0.5, 0.5], [0.1, 0.9], [0, 1]], dtype=torch.float64)
+    torch.testing.assert_close(upsample_matrix(5, 2, dtype=torch.float64), expected)
