@@ -18,6 +18,7 @@ from .classes import ClassTable
 VOID_ID = -1  # panoptic id maps: no segment
 MAX_SEGMENTS = 32767  # the segment map is int16 on the device (uint16 in messages, msg/PanopticSegmentation.msg)
 INSTANCE_OFFSET = 1000  # msg/PanopticSegmentation.msg INSTANCE_OFFSET: thing id = class_id * 1000 + k
+_KEY_LIMIT = 2 ** 31  # merge_codes' int32 keys, code + number of codes x row (or column), stay below it
 
 _CHUNK_ELEMENTS = 1 << 18  # seeds x points distances held at once: 2 MiB in float64 stays in L2 cache
 _DENSE_PAIRS = 1 << 18  # up to this many seeds x points, mean shift scans every point (``_DensePoints``)
@@ -681,8 +682,12 @@ def merge_codes(code: Tensor, instance_classes, table: ClassTable, *, stuff_min_
     n_cls = len(table)
     void_code = n_cls + n_inst
     n_codes = void_code + 1
-    code = code.to(torch.int64).clamp(max=void_code)
-    area = torch.bincount(code.flatten(), minlength=n_codes)
+    if n_codes * max(code.shape, default=0) > _KEY_LIMIT:  # never near it: 2^31 / 2048 columns is 1M codes
+        raise ValueError(f"{n_codes} codes in rows or columns of {max(code.shape)} pixels: the segment boxes' keys "
+                         f"(code + codes x row) must stay below {_KEY_LIMIT}")
+    code = code.clamp(max=void_code).to(torch.int32)  # int32: half the bytes of int64, and bincount reads it faster
+    rows_holding = _rows_holding(code, n_codes)
+    area = rows_holding.sum(0)
 
     lut = torch.full((n_codes,), VOID_ID, dtype=torch.int64, device=device)
     stuff_ids = torch.arange(n_cls, device=device)
@@ -699,7 +704,8 @@ def merge_codes(code: Tensor, instance_classes, table: ClassTable, *, stuff_min_
             drop_code = torch.zeros(n_codes, dtype=torch.bool, device=device)
             drop_code[n_cls:void_code] = dropped
             code = torch.where(drop_code[code], void_code, code)
-            area = torch.bincount(code.flatten(), minlength=n_codes)
+            rows_holding = _rows_holding(code, n_codes)
+            area = rows_holding.sum(0)
             present = present & ~dropped
         k = _rank_in_class(classes, present, [])  # how many present instances of its class come before it
         inst_id = classes * INSTANCE_OFFSET + k
@@ -707,7 +713,7 @@ def merge_codes(code: Tensor, instance_classes, table: ClassTable, *, stuff_min_
         score_of = {int(i): float(s) for i, s in zip(inst_id[present].tolist(), scores[present.cpu()].tolist())}
     flat = code.view(-1)  # index_select: 4x faster than indexing with the map on the CPU
     panoptic = torch.index_select(lut.to(torch.int32), 0, flat).view(code.shape)
-    segments, codes = _segments(code, area, lut, table, score_of)
+    segments, codes = _segments(code, rows_holding > 0, area, lut, table, score_of)
     if len(segments) > MAX_SEGMENTS:
         raise ValueError(f"{len(segments)} segments: at most {MAX_SEGMENTS} fit a 16-bit segment map")
     index_of_code = torch.zeros(n_codes, dtype=torch.int16, device=device)  # written once, in its final dtype
@@ -748,20 +754,27 @@ def _rank_in_class(classes: Tensor, present: Tensor, keys: list[Tensor]) -> Tens
     return torch.where(present, rank, n)
 
 
-def _segments(code: Tensor, area: Tensor, lut: Tensor, table: ClassTable,
+def _rows_holding(code: Tensor, n_codes: int) -> Tensor:
+    """[H, n_codes] int64: how many pixels of each code each row of ``code`` [H, W] holds (one bincount; their sum
+    over rows is the codes' areas)."""
+    h = code.shape[0]
+    rows = n_codes * torch.arange(h, device=code.device, dtype=code.dtype)[:, None]
+    return torch.bincount((code + rows).flatten(), minlength=h * n_codes).view(h, n_codes)
+
+
+def _segments(code: Tensor, in_rows: Tensor, area: Tensor, lut: Tensor, table: ClassTable,
               score_of: dict[int, float]) -> tuple[list[Segment], Tensor]:
     """Area and tight box of every code of ``code`` [H, W] whose id ``lut[code]`` is not void, sorted by id (the
-    boxes from which rows and columns each code occurs in: two bincounts), and those codes in the same order."""
+    boxes from the rows holding each code, ``in_rows`` [H, n_codes] bool, and the columns: a bincount), and those
+    codes in the same order."""
     h, w = code.shape
     n_codes = len(lut)
     shown = (area > 0) & (lut != VOID_ID)
     if not bool(shown.any()):
         return [], torch.zeros(0, dtype=torch.int64)
     device = code.device
-    in_rows = torch.bincount((code + n_codes * torch.arange(h, device=device)[:, None]).flatten(),
-                             minlength=h * n_codes).view(h, n_codes) > 0
-    in_cols = torch.bincount((code + n_codes * torch.arange(w, device=device)[None, :]).flatten(),
-                             minlength=w * n_codes).view(w, n_codes) > 0
+    columns = n_codes * torch.arange(w, device=device, dtype=code.dtype)[None, :]
+    in_cols = torch.bincount((code + columns).flatten(), minlength=w * n_codes).view(w, n_codes) > 0
     y0, x0 = in_rows.int().argmax(0), in_cols.int().argmax(0)  # first row / column holding each code
     y1 = h - 1 - in_rows.flip(0).int().argmax(0)
     x1 = w - 1 - in_cols.flip(0).int().argmax(0)

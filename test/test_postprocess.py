@@ -589,6 +589,21 @@ def test_merge_accepts_exactly_max_segments_and_refuses_one_more(monkeypatch):
         merge_panoptic(semantic, instances, classes, CAMVID)
 
 
+def test_merge_codes_refuses_more_codes_than_its_int32_keys_hold(monkeypatch):
+    """The toy map has 1 x 8 pixels and 13 codes (11 classes, 1 instance, void): keys up to 13 x 8 - 1 = 103.
+    With the limit lowered to 104 (the real 2^31 needs a huge map) it merges, at 103 it is refused with the
+    numbers in the message. Kills ``>`` -> ``>=`` and a check on the rows alone (1 row)."""
+    code = torch.tensor([[0, 1, 2, 3, 11, 11, 12, 5]])
+    monkeypatch.setattr(postprocess, "_KEY_LIMIT", 104)
+    result = postprocess.merge_codes(code, [8], CAMVID)
+    assert result.panoptic.tolist() == [[0, 1, 2, 3, 8000, 8000, VOID_ID, 5]]
+    assert [(s.id, s.bbox) for s in result.segments][-1] == (8000, (4, 0, 2, 1))
+    monkeypatch.setattr(postprocess, "_KEY_LIMIT", 103)
+    with pytest.raises(ValueError, match=re.escape("13 codes in rows or columns of 8 pixels: the segment boxes' keys "
+                                                   "(code + codes x row) must stay below 103")):
+        postprocess.merge_codes(code, [8], CAMVID)
+
+
 def test_merge_voids_small_stuff_of_class_zero_and_far_negative_ids_in_the_segment_map_too():
     """Only class 0 (sky), below ``stuff_min_area``, and ids far below 0: everything is void, the segment map all 0
     (kills ``_segments``' empty branch returning code 0, which would mark the sky pixels as segment 1) and a
