@@ -98,6 +98,32 @@ def worktree(commit: str) -> Path:
     return path
 
 
+# Model config keys added after the baseline commit, with the value the baseline's code implies for each (None: any
+# value; the key only matters to decoders the baseline does not have).
+NEWER_MODEL_KEYS = {"instance_decoder": "embedding", "semantic_head": "icnet", "thing_classes": None}
+
+
+def baseline_weights(weights: Path, scratch: Path) -> Path:
+    """``weights`` as the baseline reads them: its model config without ``NEWER_MODEL_KEYS`` (its loader refuses
+    unknown keys), written to ``scratch`` when there were any. Raises ``ValueError`` for a model the baseline's
+    code cannot build (another instance decoder or semantic head)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(weights), "pt") as f:
+        metadata = dict(f.metadata() or {})
+    model = json.loads(metadata["model"])
+    newer = {key: model.pop(key) for key in NEWER_MODEL_KEYS if key in model}
+    if not newer:
+        return weights
+    for key, value in newer.items():
+        if NEWER_MODEL_KEYS[key] not in (None, value):
+            raise ValueError(f"{weights}: model.{key} is {value!r}; the baseline only has {NEWER_MODEL_KEYS[key]!r}")
+    path = scratch / f"baseline-{weights.name}"
+    save_file(load_file(str(weights)), str(path), metadata={**metadata, "model": json.dumps(model)})
+    return path
+
+
 def agreement(ours, theirs: dict, table) -> dict:
     """How far ``ours`` (a Prediction) agrees with the baseline's maps of the same frame: the share of equal
     semantic pixels, and PQ of our panoptic map scored against theirs as ground truth."""
@@ -153,7 +179,7 @@ def main() -> None:
     for model, weights in models.items():
         sides = {b: Predictor.from_weights(weights, device="cpu", backend=b, cache_dir=scratch)
                  for b in opts.backends}
-        remote = Remote(base, weights, rgb, threads, scratch)
+        remote = Remote(base, baseline_weights(weights, scratch), rgb, threads, scratch)
         table = sides[opts.backends[0]].table
         agreements[model] = {b: agreement(p(rgb), remote.outputs, table) for b, p in sides.items()}
         try:

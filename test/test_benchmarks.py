@@ -139,3 +139,32 @@ def test_the_checks_hold_for_the_committed_results(name):
     result = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / f"{name}-cpu.json").read_text())
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     check_result(name, {**result, "commit": head})
+
+
+def test_baseline_weights_drop_the_model_keys_the_baseline_does_not_know(tmp_path):
+    """The baseline commit's loader refuses the model keys added after it: its copy of the weights drops them (the
+    tensors and the other metadata as they were), a file without them is used as it is, and a model the baseline
+    cannot build (another instance decoder) is refused, naming the key."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from benchmarks.baseline import baseline_weights
+
+    def write(name, **model):
+        path = tmp_path / name
+        save_file({"w": torch.arange(3.0)}, str(path), metadata={"format": "x", "model": json.dumps(model)})
+        return path
+
+    old = {"architecture": "panonet", "width": 0.5}
+    converted = baseline_weights(write("new.safetensors", **old, instance_decoder="embedding", semantic_head="icnet",
+                                       thing_classes=[8, 9, 10]), tmp_path)
+    assert converted == tmp_path / "baseline-new.safetensors"
+    with safe_open(str(converted), "pt") as f:
+        assert {k: v if k == "format" else json.loads(v) for k, v in f.metadata().items()} == {"format": "x",
+                                                                                               "model": old}
+    assert torch.equal(load_file(str(converted))["w"], torch.arange(3.0))
+    unchanged = write("old.safetensors", **old)
+    assert baseline_weights(unchanged, tmp_path) == unchanged
+    with pytest.raises(ValueError, match="model.instance_decoder is 'dcme'; the baseline only has 'embedding'"):
+        baseline_weights(write("dcme.safetensors", **old, instance_decoder="dcme"), tmp_path)
