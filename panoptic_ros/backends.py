@@ -31,8 +31,9 @@ The ``backend`` setting of ``Predictor.from_weights`` (and of the node, ``predic
   that, ``compile``, ``onnxruntime`` and ``tensorrt`` are refused with the reason.
 
 Artefacts are an explicit step (``python -m panoptic_ros.export``) and live in a cache directory next to a key
-(JSON): the digest of the weights, the backend and its version, the input shape, the precision and the device. A
-missing or stale artefact is rebuilt with a progress message, or refused with the command that builds it
+(JSON): the digest of the weights, the digest of the network's code (the package modules its layers come from:
+an upgrade that changes the graph, with the same weights, makes the artefact stale), the backend and its version,
+the input shape, the precision and the device. A missing or stale artefact is rebuilt with a progress message, or refused with the command that builds it
 (``build_missing``). Every artefact is checked against eager on the embedded sample frame before it is written:
 the largest absolute logit difference is recorded, and the argmax must agree on at least 99.9% of the pixels.
 
@@ -65,6 +66,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import sys
@@ -190,11 +192,24 @@ def model_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def code_digest(model: nn.Module) -> str:
+    """sha256 of the source of the package modules that define the model's layers, and of this module (its
+    ``_Outputs`` wrapper is exported with them): an artefact holds the graph that code traced, so a change to it
+    makes the artefact stale even with the same weights. torch's own layers are covered by the backend version."""
+    package = __name__.rpartition(".")[0]
+    names = {type(m).__module__ for m in model.modules() if type(m).__module__.startswith(package + ".")}
+    digest = hashlib.sha256()
+    for name in sorted(names | {__name__}):
+        digest.update(name.encode() + b"\0" + inspect.getsource(sys.modules[name]).encode() + b"\0")
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class ArtefactKey:
     """What an artefact was built from and for; any difference makes it stale."""
 
     digest: str
+    code: str
     backend: str
     version: str
     height: int
@@ -394,13 +409,13 @@ class Networks:
         self.backend = resolve_backend(backend, device, precision, exportable)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.build_missing, self.weights, self.log = build_missing, weights, log
-        self._digest: str | None = None
+        self._digests: tuple[str, str] | None = None
         self._sessions: dict[tuple[int, int], Callable] = {}
 
     def key(self, height: int, width: int) -> ArtefactKey:
-        if self._digest is None:
-            self._digest = model_digest(self.model)
-        return ArtefactKey(self._digest, self.backend, backend_version(self.backend, self.device), height, width,
+        if self._digests is None:
+            self._digests = model_digest(self.model), code_digest(self.model)
+        return ArtefactKey(*self._digests, self.backend, backend_version(self.backend, self.device), height, width,
                            self.precision, self.device.type)
 
     def prepare(self, height: int, width: int) -> Callable:

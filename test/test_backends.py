@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from panoptic_ros import export as export_cli
-from panoptic_ros.backends import (SUFFIXES, BackendError, Networks, artefact_paths, compile_available, model_digest,
-                                   onnxruntime_available, resolve_backend)
+from panoptic_ros import backends
+from panoptic_ros.backends import (SUFFIXES, BackendError, Networks, artefact_paths, code_digest, compile_available,
+                                   model_digest, onnxruntime_available, resolve_backend)
 from panoptic_ros.predictor import Predictor
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -80,6 +81,21 @@ def test_digest_follows_the_weights(tiny_weights):
 
 
 @needs_onnxruntime
+def test_code_digest_follows_the_network_code_and_is_part_of_the_key(tiny_weights, monkeypatch):
+    """An edit to a module the network's layers come from (the ICNet trunk) or to the exported wrapper's module
+    changes the code digest, and so the artefact key: the same weights exported by other code are stale. An edit
+    elsewhere (the post-processing) does not."""
+    model = Predictor.from_weights(tiny_weights, device="cpu", backend="eager").model
+    before = code_digest(model)
+    assert Networks(model, "eager", CPU, "fp32").key(72, 100).code == before
+    source = backends.inspect.getsource
+    for module, changes in [("panoptic_ros.models.icnet", True), ("panoptic_ros.backends", True),
+                            ("panoptic_ros.postprocess", False)]:
+        monkeypatch.setattr(backends.inspect, "getsource",
+                            lambda m, module=module: source(m) + ("# edited" if m.__name__ == module else ""))
+        assert (code_digest(model) != before) == changes, module
+
+
 def test_export_cli_refuses_what_it_cannot_build(tiny_weights, tmp_path):
     with pytest.raises(SystemExit, match="below the network's smallest input"):
         export_cli.main(["--weights", str(tiny_weights), "--backend", "onnxruntime", "--resolution", "8x8",
