@@ -202,6 +202,11 @@ class TrainConfig:
     # "full" the whole model with IMP in the graph, started with --init from the detector run.
     stage: str = "full"
     grad_clip: float = 0.0  # > 0: clip the gradient norm (Mask R-CNN from scratch can spike early); 0 = off
+    # Stochastic weight averaging (Izmailov et al., UAI 2018): the last swa_epochs epochs run at the constant rate
+    # swa_lr (the poly schedule spans the epochs before them), the weights at the end of each are averaged, and the
+    # average, with BatchNorm statistics recomputed over one pass of the training set, is the exported model.
+    swa_epochs: int = 0  # 0 = off
+    swa_lr: float = 0.0
     # The instance loss follows model.instance_decoder (issue #13): the discriminative loss for embedding (PanoNet
     # Eq. 2-6), decoders.dcme_cascade_loss for dcme, decoders.bridging_cascade_loss for bridging. Their settings:
     dcme_amplitude: float = 4.0  # A of the clipped error gradient f(x) = A (sigmoid(x) - 0.5), DCME paper Eq. 6
@@ -224,6 +229,9 @@ class TrainConfig:
         _require(self.precision in ("auto", "fp32", "bf16"), where, "precision", self.precision, "auto, fp32 or bf16")
         _require(self.stage in STAGES, where, "stage", self.stage, f"one of {STAGES}")
         _require(self.grad_clip >= 0, where, "grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
+        _require(0 <= self.swa_epochs < self.epochs, where, "swa_epochs", self.swa_epochs,
+                 f"an integer in [0, epochs = {self.epochs}) (0 = off)")
+        _require(self.swa_lr > 0 or self.swa_epochs == 0, where, "swa_lr", self.swa_lr, "a number > 0 with swa_epochs")
         _require(self.dcme_amplitude > 0, where, "dcme_amplitude", self.dcme_amplitude, "a number > 0")
         _require(0 < self.bridging_bootstrap_threshold <= 1, where, "bridging_bootstrap_threshold",
                  self.bridging_bootstrap_threshold, "an IoU in (0, 1]")

@@ -46,6 +46,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, default_collate
 from tqdm import tqdm
@@ -72,11 +74,15 @@ def make_optimizer(params, cfg: ExperimentConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
 
 
-def poly_schedule(optimizer, total_steps: int, power: float, restart_step: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+def poly_schedule(optimizer, total_steps: int, power: float, restart_step: int = 0,
+                  constant: float | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     """Polynomial decay per iteration: lr * (1 - step / total) ** power, restarted at ``restart_step`` when that
-    is in (0, total): two decays, [0, restart) and [restart, total), each from the full rate (Sec. III-C)."""
+    is in (0, total): two decays, [0, restart) and [restart, total), each from the full rate (Sec. III-C). From
+    ``total_steps`` on, lr * ``constant`` when given (stochastic weight averaging's constant rate)."""
 
     def factor(step: int) -> float:
+        if constant is not None and step >= total_steps:
+            return constant
         if 0 < restart_step < total_steps:
             span = restart_step if step < restart_step else total_steps - restart_step
             step = step if step < restart_step else step - restart_step
@@ -235,6 +241,31 @@ def evaluate_semantic(model, loader, num_classes: int, device, logits_of=panonet
     return metric.compute()
 
 
+def recompute_batchnorm(model: nn.Module, loader, steps: int, losses_of, device) -> None:
+    """BatchNorm running statistics of ``model`` recomputed as the plain mean over ``steps`` training batches
+    (each layer's momentum None while it runs), as averaged weights need (SWA, Izmailov et al. Sec. 3.2):
+    statistics averaged with the weights belong to none of the networks. ``losses_of(model, batch)`` runs a batch
+    as training does (torch.optim.swa_utils.update_bn calls ``model(input)`` alone, which PanoNet's coordinates
+    and the detector's targets do not fit); no gradient is taken."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            losses_of(model, to_device(batch, device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+
+
 def setup_distributed() -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
@@ -305,8 +336,11 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
     optimizer = make_optimizer(model.parameters(), cfg)
     # A semantic-only run, and a PanopticFPN (no coordinates), have no coordinate stage: no schedule restart.
     coordinate_epoch = cfg.train.epochs if cfg.train.semantic_only or detector else cfg.train.coordinate_epoch
-    scheduler = poly_schedule(optimizer, cfg.train.epochs * steps_per_epoch, cfg.train.poly_power,
-                              coordinate_epoch * steps_per_epoch)
+    swa_epoch = cfg.train.epochs - cfg.train.swa_epochs  # the first averaged epoch (epochs if SWA is off)
+    scheduler = poly_schedule(optimizer, swa_epoch * steps_per_epoch, cfg.train.poly_power,
+                              coordinate_epoch * steps_per_epoch,
+                              cfg.train.swa_lr / cfg.train.lr if cfg.train.swa_epochs else None)
+    averaged = AveragedModel(core, use_buffers=False) if cfg.train.swa_epochs else None
     weights = (class_weights_for(train_set, cfg.model.num_classes, cfg.train.class_weight_power).to(device)
                if cfg.train.class_weighting else None)
 
@@ -318,6 +352,8 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"] + 1, state["best_miou"]
+        if averaged is not None and "averaged" in state:
+            averaged.load_state_dict(state["averaged"])
         if main_process:
             print(f"resumed from {last} at epoch {start_epoch}")
 
@@ -347,10 +383,13 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
             bar.set_postfix(loss=f"{losses['total'].item():.3f}")
+        if averaged is not None and epoch >= swa_epoch:
+            averaged.update_parameters(core)
         record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 1),
                   "lr": scheduler.get_last_lr()[0], "coordinates": bool(getattr(core, "use_coordinates", False)),
                   **({"stage": cfg.train.stage} if detector else {}),
                   "precision": "bf16" if amp_dtype is not None else "fp32",
+                  **({"averaged": int(averaged.n_averaged)} if averaged is not None else {}),
                   **{f"loss_{k}": v / steps_per_epoch for k, v in sums.items()}}
         if main_process:
             evaluated = ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs) and not (
@@ -361,7 +400,8 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
             improved = evaluated and metrics["miou"] > best
             best = metrics["miou"] if improved else best
             state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "epoch": epoch, "best_miou": best, "config": cfg.to_dict()}
+                     "epoch": epoch, "best_miou": best, "config": cfg.to_dict(),
+                     **({"averaged": averaged.state_dict()} if averaged is not None else {})}
             torch.save(state, out_dir / "last.tmp")
             os.replace(out_dir / "last.tmp", last)  # a crash mid-write never corrupts the resumable checkpoint
             if improved:
@@ -373,10 +413,24 @@ def train(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, max_steps_
             with open(out_dir / "log.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
             print(json.dumps(record))
+    exported = core
+    if main_process and averaged is not None:
+        exported = averaged.module
+        for mine, theirs in zip(exported.buffers(), core.buffers()):  # only the parameters were averaged
+            mine.copy_(theirs)
+        recompute_batchnorm(exported, train_loader, steps_per_epoch, partial(training_losses, cfg=cfg,
+                                                                                class_weights=weights,
+                                                                                amp_dtype=amp_dtype), device)
+        metrics = evaluate_semantic(exported, val_loader, cfg.model.num_classes, device, validation_logits)
+        with open(out_dir / "log.jsonl", "a") as log:
+            log.write(json.dumps({"averaged_epochs": int(averaged.n_averaged), "val_miou": metrics["miou"],
+                                  "val_pixel_accuracy": metrics["pixel_accuracy"]}) + "\n")
+        print(f"weights averaged over the last {int(averaged.n_averaged)} epochs: val mIoU {metrics['miou']:.4f}")
     if main_process:
         info = {"epochs": cfg.train.epochs, "final_val_miou": metrics.get("miou"), "best_val_miou": best,
-                "semantic_only": cfg.train.semantic_only, **({"stage": cfg.train.stage} if detector else {})}
-        save_weights(core, cfg, out_dir / "weights.safetensors", info=info)
+                "semantic_only": cfg.train.semantic_only, **({"stage": cfg.train.stage} if detector else {}),
+                **({"swa_epochs": cfg.train.swa_epochs} if averaged is not None else {})}
+        save_weights(exported, cfg, out_dir / "weights.safetensors", info=info)
     if world > 1:
         dist.destroy_process_group()
     return metrics

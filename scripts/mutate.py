@@ -34,7 +34,7 @@ OUT = ROOT / "build" / "mutation"
 # thousands of points (tests of 10-25 s each), which would take this run from about an hour to a day.
 POSTPROCESS = ["x_cluster_instances", "x_coarse_cell_index", "x_assign_thing_pixels", "x__max3x3",
                "x_ids_from_segment_map", "x_segment_map_from_ids", "x_merge_panoptic", "x_panoptic_codes",
-               "x_merge_codes", "x__check_table", "x__segments"]
+               "x_merge_codes", "x__check_table", "x__rows_holding", "x__segments"]
 # name: (file, mutant name patterns, test files, extra pytest arguments)
 MODULES = {
     "metrics": ("panoptic_ros/metrics.py", ["panoptic_ros.metrics.*"],
@@ -50,6 +50,11 @@ MODULES = {
     "bags": ("panoptic_ros/bags.py", ["panoptic_ros.bags.*"], ["test/test_bags.py"], []),
     "conversions": ("panoptic_ros/ros/conversions.py", ["panoptic_ros.ros.conversions.*"],
                     ["test/ros/test_messages.py", "test/ros/test_node_outputs.py", "test/ros/test_conversions.py"], []),
+    # ICNet's pyramid pooling as matrix products (and the matrices), against torch's pooling and interpolation
+    "icnet": ("panoptic_ros/models/icnet.py",
+              [f"panoptic_ros.models.icnet.{f}__mutmut_*" for f in
+               ("x_bilinear_sources", "x_adaptive_pool_matrix", "x_upsample_matrix", "xǁPyramidPoolingǁforward")],
+              ["test/models/test_icnet.py"], []),
     # the IMP op's reference implementation, the oracle its CPU / CUDA kernels are tested against
     "ops": ("panoptic_ros/ops/_reference.py", ["panoptic_ros.ops._reference.*"], ["test/ops/test_imp.py"], []),
     # the node's output encoding; the ONNX Runtime test (40 s, it exports a network) adds nothing to it

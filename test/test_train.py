@@ -81,6 +81,58 @@ def test_poly_schedule_restarts_at_the_coordinate_switch():
     assert plain.lr_lambdas[0](4) == pytest.approx(0.6)
 
 
+def test_poly_schedule_holds_the_weight_averaging_rate_after_its_span():
+    """With ``constant`` (SWA's rate), the decay spans ``total_steps`` (restart included) and the rate holds at lr
+    x constant from there on."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = poly_schedule(opt, total_steps=4, power=1.0, restart_step=2, constant=0.3)
+    assert [sched.lr_lambdas[0](step) for step in range(7)] == pytest.approx([1.0, 0.5, 1.0, 0.5, 0.3, 0.3, 0.3])
+
+
+def test_weight_averaging_exports_the_mean_of_its_epochs_with_fresh_batchnorm(toy_camvid, tmp_path, monkeypatch):
+    """``train.swa_epochs: 2`` of 3: epoch 1 at the poly rate, epochs 2 and 3 at ``swa_lr``; the exported weights
+    are the mean of the parameters at the end of epochs 2 and 3, their BatchNorm statistics recomputed (neither the
+    last epoch's nor the copy's initial ones), the averaged model's validation logged; a resumed run goes on
+    averaging where it stopped (2 epochs averaged at epoch 3, not 1)."""
+    from torch.optim.swa_utils import AveragedModel
+
+    snapshots = []
+    update = AveragedModel.update_parameters
+
+    def recording(self, model):
+        snapshots.append([p.detach().clone() for p in model.parameters()])
+        update(self, model)
+
+    monkeypatch.setattr(AveragedModel, "update_parameters", recording)
+    cfg = config(toy_camvid, epochs=3)
+    cfg.train.swa_epochs, cfg.train.swa_lr, cfg.train.coordinate_epoch = 2, 0.004, 0
+    torch.manual_seed(0)
+    out = tmp_path / "swa"
+    train(cfg, out)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in log[:3]] == pytest.approx([0.004] * 3)  # the rate after each epoch's last step
+    assert [r["averaged"] for r in log[:3]] == [0, 1, 2] and log[3]["averaged_epochs"] == 2
+    assert len(snapshots) == 2
+    model, _, _, info = load_model(out / "weights.safetensors")
+    assert info["swa_epochs"] == 2 and info["final_val_miou"] == pytest.approx(log[3]["val_miou"])
+    for exported, first, second in zip(model.parameters(), *snapshots):
+        torch.testing.assert_close(exported, (first + second) / 2, rtol=1e-3, atol=1e-5)  # fp16 in the file
+    last = torch.load(out / "last.pt", weights_only=True)["model"]
+    means = {k: v for k, v in model.state_dict().items() if k.endswith("running_mean")}
+    assert means and any(not torch.allclose(v, last[k].float(), atol=1e-3) for k, v in means.items())
+    assert all(v.abs().sum() > 0 for v in means.values())  # recomputed, not left at the reset zeros
+
+    resumed = tmp_path / "resumed"
+    cfg2 = config(toy_camvid, epochs=3)
+    cfg2.train.swa_epochs, cfg2.train.swa_lr, cfg2.train.coordinate_epoch = 2, 0.004, 0
+    train(config_from_dict({**cfg2.to_dict(), "train": {**cfg2.to_dict()["train"], "epochs": 2, "swa_epochs": 1}}),
+          resumed)
+    torch.save({**torch.load(resumed / "last.pt", weights_only=True), "config": cfg2.to_dict()}, resumed / "last.pt")
+    train(cfg2, resumed, resume=True)
+    log = [json.loads(line) for line in (resumed / "log.jsonl").read_text().splitlines()]
+    assert [r.get("averaged") for r in log if "epoch" in r] == [0, 1, 2]
+
+
 def test_forward_batch_gives_the_network_the_crops_coordinates():
     cfg = config("unused", epochs=2)
     model = build_model("panonet", **cfg.model.kwargs()).eval()
