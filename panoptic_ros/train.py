@@ -27,6 +27,11 @@ trains Mask R-CNN alone (no semantic head, no IMP); ``train.stage: full`` with `
 whole model with IMP in the graph (gradients reach the mask and class logits through it). Validation mIoU is of
 the semantic head (not computed in the detector stage, which has none).
 
+``train.swa_epochs`` > 0 adds stochastic weight averaging (Izmailov et al., UAI 2018): the last epochs run at the
+constant rate ``train.swa_lr``, the weights at the end of each are averaged (``AveragedModel``, kept in
+``last.pt``), and the average, its BatchNorm statistics recomputed over one pass of the training set
+(``recompute_batchnorm``), is validated and exported.
+
 Writes ``last.pt`` (resumable: model, optimiser, schedule, epoch) after every epoch, ``best.pt`` by validation
 mIoU, ``log.jsonl`` (losses and metrics per epoch), ``weights_without_coordinates.safetensors`` at the end of the
 stage without coordinates and, at the end, ``weights.safetensors`` (fp16, with its config) for the Predictor. ``--resume`` continues from ``last.pt`` in ``--out``. Multi-GPU:
