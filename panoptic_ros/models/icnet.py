@@ -110,7 +110,10 @@ def pyramid_matrices(h: int, w: int, bins: tuple[int, ...], device, dtype) -> tu
     return pool, up
 
 
-_cached_pyramid_matrices = functools.lru_cache(maxsize=16)(pyramid_matrices)
+@functools.lru_cache(maxsize=16)
+def _cached_pyramid_matrices(h: int, w: int, bins: tuple[int, ...], device, dtype) -> tuple[Tensor, Tensor]:
+    with torch.inference_mode(False):  # a first call under inference mode (the Predictor) must not leave matrices
+        return pyramid_matrices(h, w, bins, device, dtype)  # that training's autograd then refuses
 
 
 class CascadeFeatureFusion(nn.Module):

@@ -53,3 +53,15 @@ def test_upsample_matrix_rows_are_the_bilinear_weights():
     is past the last cell, which takes all of its weight."""
     expected = torch.tensor([[1, 0], [0.9, 0.1], [0.5, 0.5], [0.1, 0.9], [0, 1]], dtype=torch.float64)
     torch.testing.assert_close(upsample_matrix(5, 2, dtype=torch.float64), expected)
+
+
+def test_pyramid_pooling_trains_after_inference_on_the_same_map_size():
+    """Eager calls reuse a map size's matrices: made first under inference mode (as the Predictor runs), they must
+    still serve a training step's backward (inference tensors cannot be saved for it)."""
+    pooling = PyramidPooling()
+    with torch.inference_mode():
+        pooling(torch.randn(1, 2, 13, 17))
+    x = torch.randn(1, 2, 13, 17, requires_grad=True)
+    pooling(x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.autograd.grad(reference_pyramid_pooling(x).sum(), x)[0], rtol=0,
+                               atol=1e-5)
