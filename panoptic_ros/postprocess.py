@@ -68,7 +68,9 @@ def mean_shift(points: Tensor, bandwidth: float, *, max_iter: int = 300) -> Mean
     Distances use ||x||^2 - 2 m.x + ||m||^2 in chunks of seeds x points.
 
     Differences from sklearn: float64 rounding differs (sums in another order, the distance expansion above),
-    which only matters for points within ~1e-12 of the bandwidth or centres tied to ~1e-12; where sklearn raises
+    which only matters for points within ~1e-12 of the bandwidth or centres tied to ~1e-12 (relative to the
+    squared distances of the points from their mean: points 1e6 from it with bandwidth 1e-3, far outside what an
+    embedding looks like, can lose seeds that sklearn keeps); where sklearn raises
     "No point was within bandwidth" (every bin seed is isolated, possible for E > 4), the points are used as seeds.
 
     Args:
@@ -146,7 +148,7 @@ def _prepare(points: Tensor, bandwidth: float) -> _Problem | None:
     n = len(x)
     if n == 0:
         return None
-    cells = torch.round(x / bandwidth)
+    cells = (x / bandwidth).round_()
     cell_of_point, first_seen = _unique_rows(cells, integral=True)
     n_cells = len(first_seen)
     if n_cells == n:
@@ -212,7 +214,7 @@ class _DensePoints:
 
     def __init__(self, parts: list[Tensor]):
         self.points = [torch.cat([x, x.new_ones(len(x), 1)], 1) for x in parts]  # [N, E + 1]: the ones count
-        self.sq_norms = [x.square().sum(1) for x in parts]
+        self.sq_norms = [_sq_norms(x) for x in parts]
 
     def ball_sums(self, means: Tensor, bandwidth: Tensor, problem: Tensor) -> Tensor:
         """[U, E] means with their [U] bandwidths and problems -> [U, E + 1]: sum of the points of its problem
@@ -242,29 +244,34 @@ class _PointIndex:
 
     def __init__(self, x: Tensor, cell_of_point: Tensor, n_cells: int, bandwidth: float):
         # index_select, not x[index]: advanced indexing of rows was 5-25x slower on the CPU
+        n, dim = x.shape
+        sq_norms = _sq_norms(x)
         counts = torch.bincount(cell_of_point, minlength=n_cells).to(x.dtype)
-        sums = torch.cat([x.new_zeros(n_cells, x.shape[1]).index_add_(0, cell_of_point, x), counts[:, None]], 1)
-        centres = sums[:, :-1] / counts[:, None]
-        radii = x.new_zeros(n_cells).scatter_reduce_(
-            0, cell_of_point, _norms(x - centres.index_select(0, cell_of_point)), "amax")
+        sums = torch.cat([x.new_zeros(n_cells, dim).index_add_(0, cell_of_point, x), counts[:, None]], 1)
         if n_cells <= self.MAX_CELLS_TO_GROUP:
-            group_of_cell = _connected_spheres(centres, radii, bandwidth)
+            # Cells as spheres of their root-mean-square radius (from the sums of squared norms: no pass over the
+            # points' distances); the groups only prune, so any partition is correct.
+            centres = sums[:, :-1] / counts[:, None]
+            mean_sq = x.new_zeros(n_cells).index_add_(0, cell_of_point, sq_norms) / counts
+            group_of_cell = _connected_spheres(centres, (mean_sq - _sq_norms(centres)).clamp_(min=0).sqrt_(), bandwidth)
         else:
             group_of_cell = torch.zeros(n_cells, dtype=torch.int64, device=x.device)
         n_groups = int(group_of_cell.max()) + 1
-        self.sums = x.new_zeros(n_groups, x.shape[1] + 1).index_add_(0, group_of_cell, sums)  # [G, E + 1]
+        self.sums = x.new_zeros(n_groups, dim + 1).index_add_(0, group_of_cell, sums)  # [G, E + 1]
         self.centres = self.sums[:, :-1] / self.sums[:, -1:]
         group = group_of_cell.index_select(0, cell_of_point)
         # The exact radius (farthest point from the group's centre), not a bound from the cells' spheres: after the
         # first climbing step most means lie close enough to a group's centre for its ball to hold it whole.
         self.radii = x.new_zeros(n_groups).scatter_reduce_(
             0, group, _norms(x - self.centres.index_select(0, group)), "amax")
-        order = torch.argsort(group, stable=True)
-        self.points = torch.cat([x, x.new_ones(len(x), 1)], 1).index_select(0, order)  # [N, E + 1]: ones count
-        self.sq_norms = self.points[:, :-1].square().sum(1)
+        order = torch.argsort(group.to(torch.int16), stable=True)  # n_groups <= MAX_CELLS_TO_GROUP: int16 sorts faster
+        self.points = x.new_empty(n, dim + 1)  # [N, E + 1]: the points by group, and ones that count them
+        torch.index_select(x, 0, order, out=self.points[:, :-1])
+        self.points[:, -1] = 1
+        self.sq_norms = sq_norms.index_select(0, order)
         ends = torch.cumsum(torch.bincount(group, minlength=n_groups), 0).tolist()
         self.bounds = list(zip([0, *ends[:-1]], ends))
-        self.dim = x.shape[1]
+        self.dim = dim
 
     def ball_sums(self, means: Tensor, bandwidth: Tensor, problem: Tensor) -> Tensor:
         """[U, E] means with their [U] bandwidths -> [U, E + 1]: sum of the points within the bandwidth of each
@@ -293,6 +300,12 @@ class _PointIndex:
         return out
 
 
+def _sq_norms(rows: Tensor) -> Tensor:
+    """[P, E] -> [P] squared Euclidean norms of the rows (einsum: 5x faster than ``square().sum(1)`` on the CPU,
+    a reduction along the short axis)."""
+    return torch.einsum("ij,ij->i", rows, rows)
+
+
 def _norms(rows: Tensor) -> Tensor:
     """[P, E] -> [P] Euclidean norms of the rows."""
     return torch.linalg.vector_norm(rows, dim=1)
@@ -302,8 +315,13 @@ def _connected_spheres(centres: Tensor, radii: Tensor, bandwidth: float) -> Tens
     """[C] component 0..G-1 of each sphere, linking spheres that come within ``bandwidth`` of each other."""
     n = len(centres)
     reach = bandwidth + radii
-    # any partition is correct (groups only prune); the expanded form is 2x faster than cdist and rounds alike
-    linked = _sq_distances(centres, centres) <= (reach[:, None] + radii[None, :]).square_()
+    # ||c_i - c_j||^2 <= (reach_i + r_j)^2 expanded, as one product of [c, reach] and [c, r]: -2 (c_i.c_j + reach_i
+    # r_j) + ||c_j||^2 - r_j^2 <= reach_i^2 - ||c_i||^2. Any partition is correct (groups only prune), so its
+    # rounding does no harm; each sphere is linked to itself whatever the rounding.
+    sq = _sq_norms(centres)
+    linked = torch.addmm((sq - radii.square())[None], torch.cat([centres, reach[:, None]], 1),
+                         torch.cat([centres, radii[:, None]], 1).t(), alpha=-2.0) <= (reach.square() - sq)[:, None]
+    linked.fill_diagonal_(True)
     label = torch.arange(n, dtype=torch.int32, device=centres.device)
     while True:
         new = torch.where(linked, label[None, :], n).amin(1)
@@ -374,8 +392,8 @@ def _integral_key(rows: Tensor) -> Tensor:
     first when the product would overflow. (Per-column minima and folding column by column cost 5x more on the
     CPU: reductions and passes over [R, E] along its short axis.)
     """
-    low = rows.min()
-    span = int(rows.max() - low) + 1
+    low, high = torch.aminmax(rows)
+    span = int(high - low) + 1
     if span > 1 << 52:  # not moderate whole numbers: their ranks are
         rows = _column_ranks(rows)
         low, span = rows.new_zeros(()), len(rows)
@@ -417,7 +435,7 @@ def _groups(key: Tensor) -> tuple[Tensor, Tensor]:
 
 def _sq_distances(a: Tensor, b: Tensor) -> Tensor:
     """[P, E], [Q, E] -> [P, Q] squared Euclidean distances (expanded form, clamped at 0)."""
-    return torch.addmm((b * b).sum(1)[None], a, b.t(), alpha=-2.0).add_((a * a).sum(1)[:, None]).clamp_(min=0)
+    return torch.addmm(_sq_norms(b)[None], a, b.t(), alpha=-2.0).add_(_sq_norms(a)[:, None]).clamp_(min=0)
 
 
 @dataclass

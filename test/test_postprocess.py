@@ -122,6 +122,33 @@ def test_bad_arguments_are_rejected():
         cluster_embeddings(torch.zeros(3, 2, 1), 0.5)
 
 
+@pytest.mark.parametrize("radii, expected", [
+    ((0.3, 0.3, 0.3, 0.3), [0, 0, 0, 1]),  # 1 apart <= 0.5 + 0.3 + 0.3: a chain 0-1-2 (0 and 2, 2 apart, through 1)
+    ((0.2, 0.2, 0.2, 0.2), [0, 1, 2, 3]),  # 1 apart > 0.5 + 0.2 + 0.2: none linked
+    ((0.55, 0.0, 0.0, 0.0), [0, 0, 1, 2]),  # 0.5 + 0.55 + 0 reaches 1; 0.5 + 0 + 0 does not
+    ((0.0, 0.0, 0.0, 8.3), [0, 1, 2, 2]),  # 0.5 + 8.3 reaches sphere 2 (8 away), not 1 or 0 (9 and 10 away)
+])
+def test_connected_spheres_link_within_the_bandwidth_and_through_chains(radii, expected):
+    """``_PointIndex``'s grouping of cells: spheres on a line at 0, 1, 2 and 10, bandwidth 0.5; linked where the
+    gap between the spheres is at most the bandwidth, components through chains, numbered from 0 in order."""
+    centres = torch.tensor([[0.0, 0.0], [0.6, 0.8], [1.2, 1.6], [6.0, 8.0]], dtype=torch.float64)
+    groups = postprocess._connected_spheres(centres, torch.tensor(radii, dtype=torch.float64), 0.5)
+    assert groups.tolist() == expected
+
+
+def test_spheres_far_from_the_origin_with_a_tiny_bandwidth_each_keep_their_own_group():
+    """Each sphere is linked to itself whatever the rounding of the expanded distances. Points about 1e6 from their
+    mean with bandwidth 1e-3 (cancellation error ~1e-4, above bandwidth^2): a sphere used to link to none, not
+    even itself, and the label propagation indexed past the end (IndexError from ``mean_shift`` on these
+    points); 600 points 1.34 apart are 600 groups."""
+    k = torch.arange(300, dtype=torch.float64)
+    x = torch.cat([-1e6 - 1.1 * k, 1e6 + 1.1 * k])[:, None] * torch.tensor([[1.0, 0.7]], dtype=torch.float64)
+    groups = postprocess._connected_spheres(x - x.mean(0), torch.zeros(600, dtype=torch.float64), 1e-3)
+    assert torch.equal(groups, torch.arange(600))
+    labels = cluster_embeddings(x, 1e-3)
+    assert labels.shape == (600,) and int(labels.min()) == 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_gives_the_cpu_result():
     points = torch.from_numpy(blobs((2000, 500, 3000, 800, 100), seed=8))
