@@ -376,6 +376,53 @@ def test_lap_records_milliseconds_since_start_and_returns_now():
     assert start + 0.25 <= now <= time.perf_counter()
 
 
+def test_lap_waits_for_the_cuda_device_it_times_and_for_no_cpu(monkeypatch):
+    """Kills ``lap``'s mutants 2-4 (another device type than "cuda" compared, ``synchronize(None)``): a CUDA
+    stage's time must include its queued kernels, of the device the stage ran on (a spy stands in for
+    ``torch.cuda.synchronize``, so no GPU is needed)."""
+    from panoptic_ros.predictor import lap
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", waited.append)
+    lap({}, "stage", 0.0, torch.device("cpu"))
+    assert waited == []
+    lap({}, "stage", 0.0, torch.device("cuda", 1))
+    assert waited == [torch.device("cuda", 1)]
+
+
+def test_fitting_takes_only_a_contiguous_buffer_of_the_maps_device_dtype_and_shape():
+    """Kills ``fitting``'s mutant 1 (``or not contiguous`` -> ``and not contiguous``): a transposed buffer of the
+    right shape cannot be computed into directly."""
+    from panoptic_ros.predictor import fitting
+
+    cpu = torch.device("cpu")
+    buffer = torch.zeros(4, 6, dtype=torch.int16)
+    assert fitting(buffer, cpu, torch.int16, (4, 6)) is buffer
+    assert fitting(torch.zeros(6, 4, dtype=torch.int16).t(), cpu, torch.int16, (4, 6)) is None
+    assert fitting(buffer, cpu, torch.int32, (4, 6)) is None and fitting(buffer, cpu, torch.int16, (6, 4)) is None
+    assert fitting(None, cpu, torch.int16, (4, 6)) is None
+
+
+def test_to_output_copies_only_what_was_not_computed_into_the_buffer(monkeypatch):
+    """Kills ``to_output``'s mutants 5 and 6 (``shape ==`` / ``dtype ==``: the buffer copied onto itself, a
+    wasted pass over the map each frame): a map computed into the buffer is returned as it is, any other is
+    copied into it once (a spy on ``Tensor.copy_`` counts)."""
+    from panoptic_ros.predictor import to_output
+
+    copies = []
+    real = torch.Tensor.copy_
+    monkeypatch.setattr(torch.Tensor, "copy_", lambda self, src, *a, **k: copies.append(src) or real(self, src, *a, **k))
+    buffer = torch.arange(6, dtype=torch.int16).reshape(2, 3)
+    assert to_output(buffer, buffer) is buffer and copies == []
+    other = torch.full((2, 3), 7, dtype=torch.int16)
+    assert to_output(other, buffer) is buffer and len(copies) == 1 and buffer.tolist() == [[7] * 3] * 2
+    wider = torch.full((2, 3), 9, dtype=torch.int64)
+    assert to_output(wider, buffer) is buffer and len(copies) == 2 and buffer.dtype == torch.int16
+    assert buffer.tolist() == [[9] * 3] * 2
+    fresh = to_output(other, None)
+    assert fresh.tolist() == other.tolist() and len(copies) == 2
+
+
 def test_to_moves_the_network_rebuilds_it_and_frees_gpu_memory_only_when_moving_to_the_cpu(predictor, monkeypatch):
     """Kills ``Predictor.to``'s mutants: the device not resolved or stored, the model not moved, the network not
     rebuilt, and the CPU test of the cache release turned around (with CUDA reported present, moving to the CPU
