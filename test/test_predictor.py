@@ -390,6 +390,27 @@ def test_lap_waits_for_the_cuda_device_it_times_and_for_no_cpu(monkeypatch):
     assert waited == [torch.device("cuda", 1)]
 
 
+def test_lap_records_exact_milliseconds_of_the_clock(monkeypatch):
+    """Kills ``lap``'s mutant 9 (``* 1001.0``, within the wall-clock test's tolerance): with the clock fixed, the
+    stage takes exactly (now - start) * 1000 ms."""
+    import time
+
+    from panoptic_ros.predictor import lap
+
+    monkeypatch.setattr(time, "perf_counter", lambda: 1.5)
+    timings = {"before": 3.0}
+    assert lap(timings, "stage", 1.25, torch.device("cpu")) == 1.5
+    assert timings == {"before": 3.0, "stage": 250.0}
+
+
+def test_class_maps_are_uint8_up_to_255_classes_so_255_stays_free():
+    """Kills ``class_dtype``'s mutants 3 and 4 (``<= 256`` / ``< 257``): 256 classes would use id 255, the
+    marker, so they take int64."""
+    from panoptic_ros.predictor import class_dtype
+
+    assert [class_dtype(k) for k in (1, 255, 256, 300)] == [torch.uint8, torch.uint8, torch.int64, torch.int64]
+
+
 def test_fitting_takes_only_a_contiguous_buffer_of_the_maps_device_dtype_and_shape():
     """Kills ``fitting``'s mutant 1 (``or not contiguous`` -> ``and not contiguous``): a transposed buffer of the
     right shape cannot be computed into directly."""
