@@ -161,3 +161,13 @@ def test_accuracy_postprocess_passes_every_merge_setting_and_fills_the_output_bu
                                                       "stuff_min_area": 7, "min_new_area": 9}
     assert p.semantic.data_ptr() == raw.out.semantic.data_ptr() and int(raw.out.semantic.max()) < len(CAMVID)
     assert p.segment_map.data_ptr() == raw.out.segment_map.data_ptr() and int(raw.out.segment_map.min()) >= -1
+
+
+def test_family_of_refuses_a_network_of_no_architecture_by_name():
+    """Kills ``family_of``'s mutants 2-4 (the message dropped, the type's name or the architecture list lost: the
+    last raised TypeError instead): a network that is none of ``ARCHITECTURES`` is refused by its class name."""
+    from panoptic_ros.predictor import family_of
+
+    with pytest.raises(ValueError) as refused:
+        family_of(torch.nn.Linear(1, 1))
+    assert str(refused.value) == "Linear is not one of the architectures ['panonet', 'panoptic_fpn']"
