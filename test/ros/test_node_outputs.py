@@ -44,24 +44,27 @@ SEGMENTS = [Segment(0, 0, "sky", False, 1.0, 2, (0, 0, 2, 1)), Segment(3, 3, "ro
             Segment(9000, 9, "pedestrian", True, 0.25, 2, (2, 2, 2, 1))]
 
 
-def publish(monkeypatch, received=0.5, now=7.75):
-    """Run ``_publish`` for the hand-built 3 x 4 frame with every output but the overlay subscribed, the clock at
-    ``now`` s and the frame received at ``received`` s; the recorders by output name."""
+def publish(monkeypatch, received=0.5, now=7.75, names=("semantic", "panoptic", "panoptic_image", "instance"),
+            config=None, rgb=None, camera_info=None):
+    """Run ``_publish`` for the hand-built 3 x 4 frame with the outputs ``names`` subscribed (every one but the
+    overlays and camera_info by default), the clock at ``now`` s and the frame received at ``received`` s; the
+    recorders by output name, and the stage timings."""
     segment_map = torch.tensor(SEGMENT_MAP, dtype=torch.int16)
     ids = torch.tensor([-1, 0, 3, 8000, 8001, 9000], dtype=torch.int32)[segment_map.long()]
     semantic = torch.tensor([[0, 0, 8, 8], [3, 5, 8, 8], [3, 3, 9, 9]], dtype=torch.uint8)
     instances = torch.tensor([[-1, -1, 0, 0], [-1, -1, 0, 1], [-1, -1, 2, 2]])
     prediction = Prediction(semantic, instances, ids, SEGMENTS, segment_map)
     camera = Camera("", CameraStats())
-    camera.publishers = {name: Recorder() for name in ("semantic", "panoptic", "panoptic_image", "instance")}
+    camera.publishers = {name: Recorder() for name in names}
     node = SimpleNamespace(_lock=threading.Lock(), _classes=class_infos(CAMVID),
-                           _predictor=SimpleNamespace(name="tiny", table=CAMVID), _paired_camera_info=lambda *a: None)
+                           _predictor=SimpleNamespace(name="tiny", table=CAMVID),
+                           _paired_camera_info=lambda *a: camera_info)
     monkeypatch.setattr(panoptic_node, "time", SimpleNamespace(perf_counter=lambda: now))
     header = Header(stamp=Time(sec=1_700_000_000, nanosec=999_999_999), frame_id="cam")
     timings = {}
-    PanopticNode._publish(node, camera, header, np.zeros((3, 4, 3), np.uint8), prediction, received, NodeConfig(),
-                          timings)
-    assert set(timings) == {"publish.semantic", "publish.panoptic_image", "publish.panoptic", "publish.instance"}
+    PanopticNode._publish(node, camera, header, np.zeros((3, 4, 3), np.uint8) if rgb is None else rgb, prediction,
+                          received, config or NodeConfig(), timings)
+    assert set(timings) == {f"publish.{name}" for name in names}
     return camera.publishers
 
 
@@ -115,3 +118,35 @@ def test_panoptic_message_carries_the_class_table_with_colours_in_0_to_1(monkeyp
                                                 pytest.approx(c.color[2] / 255), 1.0)) for c in CAMVID.classes]
     assert got[1][:3] == (1, "building", False) and got[1][3] == pytest.approx((128 / 255, 0.0, 0.0, 1.0))
     assert got[8][:3] == (8, "car", True) and got[8][3] == pytest.approx((64 / 255, 0.0, 128 / 255, 1.0))
+
+
+def test_overlays_blend_with_the_configured_alpha_and_compress_at_the_configured_quality(monkeypatch):
+    """~/overlay is ``render_panoptic`` of this frame with ``output.overlay_alpha``, ~/overlay/compressed its JPEG
+    at ``output.jpeg_quality`` with image_transport's format string; camera_info is published when the input's
+    pairs with the frame and skipped (its stage still timed) when none does. Non-default alpha and quality, so that
+    a setting dropped or swapped for its default fails."""
+    from sensor_msgs.msg import CameraInfo
+
+    from panoptic_ros.images import rgb_to_compressed
+    from panoptic_ros.visualize import render_panoptic
+
+    rgb = np.arange(36, dtype=np.uint8).reshape(3, 4, 3) * 7
+    config = NodeConfig()
+    config.output.overlay_alpha, config.output.jpeg_quality = 0.25, 37
+    info = CameraInfo(width=4, height=3)
+    outputs = publish(monkeypatch, names=("overlay", "overlay/compressed", "camera_info"), config=config, rgb=rgb,
+                      camera_info=info)
+    panoptic = np.array([-1, 0, 3, 8000, 8001, 9000])[np.array(SEGMENT_MAP)]
+    expected = render_panoptic(rgb, np.array([[0, 0, 8, 8], [3, 5, 8, 8], [3, 3, 9, 9]], np.uint8), panoptic, CAMVID,
+                               0.25)
+    assert not np.array_equal(expected, render_panoptic(rgb, np.array([[0, 0, 8, 8], [3, 5, 8, 8], [3, 3, 9, 9]],
+                                                                      np.uint8), panoptic, CAMVID, 0.5))
+    (overlay,) = outputs["overlay"].sent
+    assert overlay[0].encoding == "rgb8"
+    np.testing.assert_array_equal(np.frombuffer(overlay[1], np.uint8).reshape(3, 4, 3), expected)
+    ((compressed, _),) = outputs["overlay/compressed"].sent
+    assert compressed.format == "rgb8; jpeg compressed bgr8"
+    assert bytes(compressed.data) == rgb_to_compressed(expected, "jpeg", 37) != rgb_to_compressed(expected, "jpeg", 80)
+    assert (compressed.header.stamp.sec, compressed.header.frame_id) == (1_700_000_000, "cam")
+    assert [msg for msg, _ in outputs["camera_info"].sent] == [info]
+    assert publish(monkeypatch, names=("camera_info",), camera_info=None)["camera_info"].sent == []
