@@ -45,7 +45,7 @@ SEGMENTS = [Segment(0, 0, "sky", False, 1.0, 2, (0, 0, 2, 1)), Segment(3, 3, "ro
 
 
 def publish(monkeypatch, received=0.5, now=7.75, names=("semantic", "panoptic", "panoptic_image", "instance"),
-            config=None, rgb=None, camera_info=None):
+            config=None, rgb=None, camera_info=None, camera=None):
     """Run ``_publish`` for the hand-built 3 x 4 frame with the outputs ``names`` subscribed (every one but the
     overlays and camera_info by default), the clock at ``now`` s and the frame received at ``received`` s; the
     recorders by output name, and the stage timings."""
@@ -54,7 +54,7 @@ def publish(monkeypatch, received=0.5, now=7.75, names=("semantic", "panoptic", 
     semantic = torch.tensor([[0, 0, 8, 8], [3, 5, 8, 8], [3, 3, 9, 9]], dtype=torch.uint8)
     instances = torch.tensor([[-1, -1, 0, 0], [-1, -1, 0, 1], [-1, -1, 2, 2]])
     prediction = Prediction(semantic, instances, ids, SEGMENTS, segment_map)
-    camera = Camera("", CameraStats())
+    camera = camera or Camera("", CameraStats())
     camera.publishers = {name: Recorder() for name in names}
     node = SimpleNamespace(_lock=threading.Lock(), _classes=class_infos(CAMVID),
                            _predictor=SimpleNamespace(name="tiny", table=CAMVID),
@@ -150,3 +150,14 @@ def test_overlays_blend_with_the_configured_alpha_and_compress_at_the_configured
     assert (compressed.header.stamp.sec, compressed.header.frame_id) == (1_700_000_000, "cam")
     assert [msg for msg, _ in outputs["camera_info"].sent] == [info]
     assert publish(monkeypatch, names=("camera_info",), camera_info=None)["camera_info"].sent == []
+
+
+def test_the_segment_image_is_built_for_panoptic_image_alone_and_for_no_output_that_does_not_use_it(monkeypatch):
+    """~/panoptic_image subscribed alone still gets the segment image (it used to need ~/panoptic too under
+    mutants 31 and 32 of ``_publish``), and with only ~/semantic subscribed the segment buffer is never filled
+    (mutant 32 built it for nothing)."""
+    (image,) = publish(monkeypatch, names=("panoptic_image",))["panoptic_image"].sent
+    np.testing.assert_array_equal(pixels(image, "<u2"), SEGMENT_MAP)
+    camera = Camera("", CameraStats())
+    publish(monkeypatch, names=("semantic",), camera=camera)
+    assert len(camera.buffers["segments"].msg.data) == 0 and len(camera.buffers["semantic"].msg.data) == 12
