@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from panoptic_ros.checkpoint import read_weights
 from panoptic_ros.config import ConfigError, config_from_dict, load_config
 from panoptic_ros.predictor import Predictor
 from panoptic_ros.train import collate_detection_targets, train
@@ -44,9 +45,16 @@ def test_detector_stage_then_full_stage_from_it_then_resume(toy_camvid, tiny_fpn
     log_full = read_log(full)
     assert [(r["epoch"], r["stage"]) for r in log_full] == [(1, "full"), (2, "full")]
     assert "loss_semantic" in log_full[0] and 0 <= log_full[-1]["val_miou"] <= 1
-    # the full stage starts from the trained detector: its detector losses begin near where stage 1 ended
-    first = sum(log_full[0][f"loss_{k}"] for k in DETECTOR)
-    assert first < sum(log[0][f"loss_{k}"] for k in DETECTOR)
+    # The full stage starts from the trained detector: at a vanishing learning rate its detector parameters stay
+    # the detector's (BatchNorm's running statistics move in training whatever the rate).
+    # A comparison of the two stages' first losses, as before, was not: on another CPU's kernels the full stage's
+    # first detector losses, with more proposals matched by the trained RPN, came out above stage 1's.
+    still = tmp_path / "still"
+    train(config(toy_camvid, "full", tiny_fpn, epochs=1, lr=1e-9), still, max_steps_per_epoch=1,
+          init=detector / "weights.safetensors")
+    trained, started = read_weights(detector / "weights.safetensors")[0], read_weights(still / "weights.safetensors")[0]
+    params = [k for k in trained if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(params) > 50 and all(torch.equal(started[k], trained[k]) for k in params)
 
     predictor = Predictor.from_weights(full / "weights.safetensors", device="cpu", backend="eager")
     assert predictor.mode == "accuracy"
