@@ -35,6 +35,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import maskrcnn_inference
@@ -452,7 +453,19 @@ def _detector_heads(backbone: nn.Module, num_labels: int, box_head_channels: int
         box_predictor=FastRCNNPredictor(box_head_channels, num_labels),
         mask_head=MaskRCNNHeads(channels, (mask_head_channels,) * 4, 1),
         mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_labels), **kwargs)
+    detector.rpn.box_coder = Float32BoxCoder(detector.rpn.box_coder.weights)
+    detector.roi_heads.box_coder = Float32BoxCoder(detector.roi_heads.box_coder.weights)
     return detector.rpn, detector.roi_heads
+
+
+class Float32BoxCoder(BoxCoder):
+    """torchvision's ``BoxCoder`` decoding in fp32 whatever the dtype of the regression. Under bf16 autocast the
+    regression is bf16, and torchvision's decode casts the anchors and proposals to it: 8 significant bits, so
+    coordinates in steps of 2 pixels from x = 256 (4 from 512). With that, the first bf16 training step on CamVid
+    had a NaN ``loss_box_reg`` (fp32: 0.060); decoding in fp32 gives 0.060 in bf16 too."""
+
+    def decode(self, rel_codes: Tensor, boxes: list[Tensor]) -> Tensor:
+        return super().decode(rel_codes.float(), [b.float() for b in boxes])
 
 
 def _pad_to_multiple(images: Tensor, multiple: int) -> Tensor:
