@@ -4,7 +4,8 @@
 
 Batches come from the config's dataset with its augmentation and collation (``panoptic_ros.train``), at its batch
 size and crop; the precisions take turns step by step after one warm-up step each, so load on the machine hits
-both alike. Reports the median seconds per step per precision and their ratio. bf16 autocast is timed even where
+both alike. Reports the median seconds per step per precision and their ratio; a non-finite loss stops it
+(``FloatingPointError``), as it stops a training. bf16 autocast is timed even where
 the CPU has no native bf16 (``train.precision: auto`` would pick fp32 there): the table says which.
 """
 
@@ -53,6 +54,8 @@ def measure(cfg: ExperimentConfig, steps: int) -> dict[str, list[float]]:
             model, optimizer = models[name]
             start = time.perf_counter()
             losses = losses_of(model, batch, cfg, None, amp)
+            if not torch.isfinite(losses["total"]):  # a diverged step's time is not a training step's time
+                raise FloatingPointError(f"step {step} {name}: loss is {losses['total'].item()}")
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()
