@@ -462,10 +462,13 @@ class Float32BoxCoder(BoxCoder):
     """torchvision's ``BoxCoder`` decoding in fp32 whatever the dtype of the regression. Under bf16 autocast the
     regression is bf16, and torchvision's decode casts the anchors and proposals to it: 8 significant bits, so
     coordinates in steps of 2 pixels from x = 256 (4 from 512). With that, the first bf16 training step on CamVid
-    had a NaN ``loss_box_reg`` (fp32: 0.060); decoding in fp32 gives 0.060 in bf16 too."""
+    had a NaN ``loss_box_reg`` (fp32: 0.060); decoding in fp32 gives 0.060 in bf16 too. The boxes stay fp32 under
+    autocast (``roi_align`` autocasts to fp32); a model converted to fp16 / bf16 (the Predictor's CUDA precisions)
+    gets them back in its dtype, which ``roi_align`` requires of boxes and features alike."""
 
     def decode(self, rel_codes: Tensor, boxes: list[Tensor]) -> Tensor:
-        return super().decode(rel_codes.float(), [b.float() for b in boxes])
+        decoded = super().decode(rel_codes.float(), [b.float() for b in boxes])
+        return decoded if torch.is_autocast_enabled(rel_codes.device.type) else decoded.to(rel_codes.dtype)
 
 
 def _pad_to_multiple(images: Tensor, multiple: int) -> Tensor:

@@ -313,6 +313,20 @@ def test_boxes_decode_in_fp32_under_bf16_autocast():
     model = tiny()
     boxes = torch.tensor([[300.5, 10.25, 301.25, 20.5], [511.0, 3.0, 513.0, 299.0]])
     for coder in (model.rpn.box_coder, model.roi_heads.box_coder):
-        decoded = coder.decode(torch.zeros(2, 4, dtype=torch.bfloat16), [boxes])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            decoded = coder.decode(torch.zeros(2, 4, dtype=torch.bfloat16), [boxes])
         assert decoded.dtype == torch.float32
         assert torch.equal(decoded[:, 0], boxes)
+
+
+def test_boxes_decode_to_the_dtype_of_a_converted_model():
+    """A model converted to fp16 (the Predictor's CUDA fp16) pools fp16 features, and ``roi_align`` requires boxes of
+    the features' dtype ("input should have the same type as rois"): outside autocast the decoded boxes are in the
+    regression's dtype, rounded once from the fp32 decode."""
+    model = tiny()
+    boxes = torch.tensor([[300.5, 10.25, 301.25, 20.5]], dtype=torch.float16)
+    for coder in (model.rpn.box_coder, model.roi_heads.box_coder):
+        decoded = coder.decode(torch.zeros(1, 4, dtype=torch.float16), [boxes])
+        assert decoded.dtype == torch.float16 and torch.equal(decoded[:, 0], boxes)
+        torchvision.ops.roi_align(torch.zeros(1, 2, 8, 8, dtype=torch.float16),
+                                  torch.cat([torch.zeros(1, 1, dtype=torch.float16), decoded[:, 0] / 100], 1), (2, 2))
