@@ -63,7 +63,8 @@ MODULES = {
              ["--deselect", "test/ros/test_panoptic_node.py::test_onnxruntime_backend_and_a_refused_missing_artefact"]),
 }
 # test failure or error, timeout (mutmut.stats.status_by_exit_code), and a test process the mutant crashed (-11,
-# SIGSEGV: e.g. None handed to OpenCV; -6, SIGABRT: seen for None set on a ROS message's string field), which mutmut reports as "segfault" / "suspicious" but is as detected as a failure
+# SIGSEGV: e.g. None handed to OpenCV; -6, SIGABRT: seen for None set on a ROS message's string field), which
+# mutmut reports as "segfault" / "suspicious" but is as detected as a failure
 KILLED = {1, 3, 24, -24, 152, 255, 36, 37, -11, -6}
 
 

@@ -18,7 +18,7 @@ def test_measure_times_each_precision_in_turn(toy_camvid, tiny_fpn, capsys):
 
 def test_a_non_finite_loss_stops_the_measurement(toy_camvid, tiny_fpn, monkeypatch):
     """A diverged model's steps are not training steps: the results at 4eae349 timed bf16 steps after a NaN loss
-    (1.04 s; 2.5 s per step once the loss was finite). Without the check this measures and returns."""
+    (1.04 s; 1.72 s once the loss stayed finite). Without the check this measures and returns."""
     import math
 
     import benchmarks.train_step as bench

@@ -307,9 +307,8 @@ def test_raw_outputs_feed_both_panoptic_merges():
 def test_boxes_decode_in_fp32_under_bf16_autocast():
     """Under bf16 autocast the box regression is bf16; torchvision's decode would round the anchors and proposals
     to it (300.5 -> 300, 301.25 -> 302: a 0.75-pixel box becomes 2 wide; 511 and 513 both become 512, a zero-width
-    box). Both box coders
-    must return the reference boxes exactly for zero offsets. With torchvision's own BoxCoder this fails (and the
-    first bf16 training step on CamVid gave a NaN ``loss_box_reg``)."""
+    box). Both box coders must return the reference boxes exactly for zero offsets. With torchvision's own BoxCoder
+    this fails (and the first bf16 training step on CamVid gave a NaN ``loss_box_reg``)."""
     model = tiny()
     boxes = torch.tensor([[300.5, 10.25, 301.25, 20.5], [511.0, 3.0, 513.0, 299.0]])
     for coder in (model.rpn.box_coder, model.roi_heads.box_coder):
