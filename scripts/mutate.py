@@ -13,6 +13,7 @@ names of the mutants not killed (``cd build/mutation/<name> && mutmut show NAME`
     python scripts/mutate.py --not-killed       # after adding tests: only the mutants the last run did not kill
     python scripts/mutate.py predictor --functions upsample_labels merge_instances  # a part of a module
     python scripts/mutate.py predictor --functions Predictor.to Family.of           # methods: Class.method
+    python scripts/mutate.py node --numbers 81-149 183-285   # the rest of a stopped run: these mutants only
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import fnmatch
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -102,6 +104,18 @@ def mutant_prefix(function: str) -> str:
     return f"xǁ{cls}ǁ{method}" if cls else f"x_{function}"
 
 
+def mutant_numbers(parts: list[str]) -> list[int]:
+    """``["81-149", "183"]`` -> [81, ..., 149, 183]: mutmut numbers a function's mutants from 1."""
+    numbers = set()
+    for part in parts:
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        first, last = (int(match[1]), int(match[2] or match[1])) if match else (0, 0)
+        if not 1 <= first <= last:
+            raise ValueError(f"--numbers: {part!r} is not N or N-M with 1 <= N <= M")
+        numbers.update(range(first, last + 1))
+    return sorted(numbers)
+
+
 def score(work: Path, file: str, patterns: list[str]) -> dict:
     codes = json.loads((work / "mutants" / f"{file}.meta").read_text())["exit_code_by_key"]
     tested = {k: c for k, c in codes.items() if any(fnmatch.fnmatch(k, p) for p in patterns) and c is not None}
@@ -121,10 +135,17 @@ def main() -> None:
     parser.add_argument("--functions", nargs="+", metavar="NAME",
                         help="only the mutants of these module-level functions or methods (Class.method; a partial "
                              "run, recorded as '<module>[<functions>]', beside the module's whole run)")
+    parser.add_argument("--numbers", nargs="+", metavar="N[-M]",
+                        help="only the mutants of these numbers (ranges inclusive) among those selected, e.g. the ones "
+                             "a stopped run did not reach (recorded as '<module>#<numbers>')")
     parser.add_argument("--max-children", type=int, default=2)
     args = parser.parse_args()
     if set(args.modules) - set(MODULES):
         parser.error(f"unknown modules {sorted(set(args.modules) - set(MODULES))}; known: {', '.join(MODULES)}")
+    try:
+        numbers = mutant_numbers(args.numbers or [])
+    except ValueError as error:
+        parser.error(str(error))
     results_path = OUT / "scores.json"
     load = lambda: json.loads(results_path.read_text()) if results_path.exists() else {}  # noqa: E731
     mutmut = Path(sys.executable).with_name("mutmut")
@@ -135,6 +156,9 @@ def main() -> None:
             prefix = file.removesuffix(".py").replace("/", ".")
             patterns = [f"{prefix}.{mutant_prefix(function)}__mutmut_*" for function in args.functions]
             name = f"{module}[{','.join(args.functions)}]"
+        if args.numbers:
+            patterns = [pattern.replace("__mutmut_*", f"__mutmut_{n}") for pattern in patterns for n in numbers]
+            name = f"{name}#{','.join(args.numbers)}"
         previous = load().get(name)
         if args.not_killed:
             if previous is None:
