@@ -150,6 +150,10 @@ def test_overlays_blend_with_the_configured_alpha_and_compress_at_the_configured
     assert (compressed.header.stamp.sec, compressed.header.frame_id) == (1_700_000_000, "cam")
     assert [msg for msg, _ in outputs["camera_info"].sent] == [info]
     assert publish(monkeypatch, names=("camera_info",), camera_info=None)["camera_info"].sent == []
+    # ~/overlay/compressed alone is rendered too (mutants 112 and 113 of _publish rendered only for ~/overlay)
+    alone = publish(monkeypatch, names=("overlay/compressed",), config=config, rgb=rgb)["overlay/compressed"]
+    ((alone, _),) = alone.sent
+    assert bytes(alone.data) == bytes(compressed.data)
 
 
 def test_the_segment_image_is_built_for_panoptic_image_alone_and_for_no_output_that_does_not_use_it(monkeypatch):
