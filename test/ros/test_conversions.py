@@ -132,3 +132,25 @@ def test_image_buffer_writes_little_endian_unpadded_rows_of_multichannel_encodin
         buffer.fill(np.zeros((2, 5), np.uint8), header())
     wide = ImageBuffer("16UC1").fill(np.array([[1, 258]], np.uint16), header())
     assert bytes(wide.data) == b"\x01\x00\x02\x01"
+
+
+def test_image_buffer_refuses_other_pixels_by_kind_and_message_and_does_not_copy_its_own(monkeypatch):
+    """A refusal is an ImageError of kind "size" with the whole message, for a multichannel and a single-channel
+    encoding (mutants 11, 15, 16 and 19 of ``ImageBuffer.fill`` changed the kind or the empty channel part), and
+    pixels written through :meth:`ImageBuffer.pixels` are not copied onto themselves (21 and 22 dropped the
+    ``shares_memory`` check's arguments: a copy every frame)."""
+    for encoding, pixels, message in [
+            ("rgb8", np.zeros((2, 5), np.uint8), "rgb8 needs uint8 (3,) pixels, got uint8 (2, 5)"),
+            ("16UC1", np.zeros((2, 5), np.uint8), "16UC1 needs uint16  pixels, got uint8 (2, 5)")]:
+        with pytest.raises(ImageError) as refused:
+            ImageBuffer(encoding).fill(pixels, header())
+        assert (refused.value.kind, str(refused.value)) == ("size", message)
+    copies = []
+    real_copyto = np.copyto
+    monkeypatch.setattr(np, "copyto", lambda dst, src, **kw: (copies.append(src), real_copyto(dst, src, **kw)))
+    buffer = ImageBuffer("mono8")
+    own = buffer.pixels(header(), 2, 3)
+    own[:] = [[1, 2, 3], [4, 5, 6]]
+    assert bytes(buffer.fill(own, header()).data) == bytes([1, 2, 3, 4, 5, 6]) and copies == []
+    other = np.full((2, 3), 9, np.uint8)
+    assert bytes(buffer.fill(other, header()).data) == bytes([9] * 6) and len(copies) == 1
