@@ -1,5 +1,7 @@
 """ICNet's pyramid pooling as matrix products against its reference, torch's adaptive pooling and interpolation."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -65,3 +67,27 @@ def test_pyramid_pooling_trains_after_inference_on_the_same_map_size():
     pooling(x).sum().backward()
     torch.testing.assert_close(x.grad, torch.autograd.grad(reference_pyramid_pooling(x).sum(), x)[0], rtol=0,
                                atol=1e-5)
+
+
+def test_an_export_first_leaves_eager_calls_of_that_size_real_matrices():
+    """torch.export traces the matrices into the graph rather than through the eager cache: cached during a trace
+    they would be fake tensors, and the next eager call of that map size would return one (mutants 4, 5 and 17 of
+    ``PyramidPooling.forward``, which take the cached path while exporting). The size is one no other test uses, so
+    the export is its first call."""
+    x = torch.randn(1, 2, 5, 19)
+    exported = torch.export.export(PyramidPooling(), (x,))
+    torch.testing.assert_close(exported.module()(x), reference_pyramid_pooling(x), rtol=0, atol=2e-6)
+    eager = PyramidPooling()(x)
+    assert type(eager) is torch.Tensor
+    torch.testing.assert_close(eager, reference_pyramid_pooling(x), rtol=0, atol=2e-6)
+
+
+def test_torch_compile_traces_the_matrices_whole_without_the_cache():
+    """Under torch.compile too the matrices are built in the graph: one full graph, and no warning from dynamo about
+    tracing through the ``lru_cache`` of eager calls (mutant 5 of ``PyramidPooling.forward``, ``and`` for ``or``,
+    takes the cached path when compiling but not exporting)."""
+    x = torch.randn(1, 2, 7, 23)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = torch.compile(PyramidPooling(), backend="eager", fullgraph=True)(x)
+    torch.testing.assert_close(out, reference_pyramid_pooling(x), rtol=0, atol=2e-6)
