@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from panoptic_ros.models.icnet import PyramidPooling, adaptive_pool_matrix, upsample_matrix
+from panoptic_ros.models.icnet import PyramidPooling, _cached_pyramid_matrices, adaptive_pool_matrix, upsample_matrix
 
 
 def reference_pyramid_pooling(x, bins=(1, 2, 3, 6)):
@@ -59,12 +59,15 @@ def test_upsample_matrix_rows_are_the_bilinear_weights():
 
 def test_pyramid_pooling_trains_after_inference_on_the_same_map_size():
     """Eager calls reuse a map size's matrices: made first under inference mode (as the Predictor runs), they must
-    still serve a training step's backward (inference tensors cannot be saved for it)."""
+    still serve a training step's backward (inference tensors cannot be saved for it). The second call is a hit of
+    the cache (mutant 18 of ``PyramidPooling.forward`` built the matrices on every call)."""
     pooling = PyramidPooling()
     with torch.inference_mode():
         pooling(torch.randn(1, 2, 13, 17))
+    hits = _cached_pyramid_matrices.cache_info().hits
     x = torch.randn(1, 2, 13, 17, requires_grad=True)
     pooling(x).sum().backward()
+    assert _cached_pyramid_matrices.cache_info().hits == hits + 1
     torch.testing.assert_close(x.grad, torch.autograd.grad(reference_pyramid_pooling(x).sum(), x)[0], rtol=0,
                                atol=1e-5)
 
