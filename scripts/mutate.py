@@ -36,7 +36,7 @@ OUT = ROOT / "build" / "mutation"
 # thousands of points (tests of 10-25 s each), which would take this run from about an hour to a day.
 POSTPROCESS = ["x_cluster_instances", "x_coarse_cell_index", "x_assign_thing_pixels", "x__max3x3",
                "x_ids_from_segment_map", "x_segment_map_from_ids", "x_merge_panoptic", "x_panoptic_codes",
-               "x_merge_codes", "x__check_table", "x__rows_holding", "x__segments"]
+               "x_merge_codes", "x__check_table", "x__rank_in_class", "x__rows_holding", "x__segments"]
 # name: (file, mutant name patterns, test files, extra pytest arguments)
 MODULES = {
     "metrics": ("panoptic_ros/metrics.py", ["panoptic_ros.metrics.*"],
