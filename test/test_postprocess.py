@@ -149,6 +149,40 @@ def test_spheres_far_from_the_origin_with_a_tiny_bandwidth_each_keep_their_own_g
     assert labels.shape == (600,) and int(labels.min()) == 0
 
 
+def test_point_index_groups_each_blob_whole_with_its_mean_and_exact_radius():
+    """``_PointIndex`` on three blobs 2.2 apart along the last axis (bandwidth 0.5): the cells of a blob link into
+    one group, blobs stay apart (0.5 + two cell radii < 2.2), and each group keeps its points' sum, count, mean and
+    farthest distance from that mean. Mutants of ``_PointIndex.__init__`` that change the cells' spheres (centres
+    from other columns or times the counts, radii from a sum or clamped at 1) link the blobs or split them; the
+    results would be the same, only slower (groups only prune), so no clustering test saw them."""
+    rng = np.random.default_rng(3)
+    centres = np.zeros((3, 12))
+    centres[:, -1] = [0.0, 2.2, 4.4]
+    x = torch.from_numpy(np.concatenate([c + rng.normal(0, 0.06, (300, 12)) for c in centres]))
+    p = postprocess._prepare(x, 0.5)
+    index = postprocess._PointIndex(p.x, p.cell_of_point, p.n_cells, 0.5)
+    assert p.n_cells > 3 and len(index.bounds) == 3
+    blobs_of_groups = sorted(range(3), key=lambda g: float(index.centres[g, -1]))
+    for blob, g in enumerate(blobs_of_groups):
+        points = p.x[300 * blob:300 * (blob + 1)]
+        a, b = index.bounds[g]
+        assert b - a == 300 and torch.equal(index.points[a:b, -1], torch.ones(300, dtype=torch.float64))
+        torch.testing.assert_close(index.sums[g], torch.cat([points.sum(0), torch.tensor([300.0])]).double())
+        torch.testing.assert_close(index.centres[g], points.mean(0))
+        torch.testing.assert_close(index.radii[g], (points - points.mean(0)).norm(dim=1).max())
+
+
+def test_point_index_with_more_cells_than_it_groups_keeps_them_in_one_group(monkeypatch):
+    """Above ``MAX_CELLS_TO_GROUP`` cells the index skips the grouping (one group of every point) and still gives
+    sklearn's labels (the branch no test reached: mutants making its group map None or of no length)."""
+    monkeypatch.setattr(postprocess, "_DENSE_PAIRS", 0)
+    monkeypatch.setattr(postprocess._PointIndex, "MAX_CELLS_TO_GROUP", 4)
+    points = blobs((300, 500, 200), seed=9)
+    p = postprocess._prepare(torch.from_numpy(points), 0.5)
+    assert p.n_cells > 4 and len(postprocess._PointIndex(p.x, p.cell_of_point, p.n_cells, 0.5).bounds) == 1
+    assert np.array_equal(cluster_embeddings(torch.from_numpy(points), 0.5).numpy(), sklearn_labels(points, 0.5))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_gives_the_cpu_result():
     points = torch.from_numpy(blobs((2000, 500, 3000, 800, 100), seed=8))
