@@ -107,6 +107,19 @@ def test_every_point_its_own_cell_uses_points_as_seeds_like_sklearn(ball_sums_pa
     assert np.array_equal(cluster_embeddings(torch.from_numpy(points), 0.1).numpy(), expected)
 
 
+@pytest.mark.parametrize("max_iter", [1, 2])
+def test_max_iter_stops_the_climb_where_sklearn_stops(max_iter, ball_sums_path):
+    """60 Gaussian points, bandwidth 1.2: after one or two steps the modes are not yet merged, and the labels and
+    centres are sklearn's for the same ``max_iter``, through both ball-sum paths (mutant 5 of ``_climb_alone``
+    dropped the limit of the problems that climb alone)."""
+    points = np.random.default_rng(0).normal(size=(60, 2))
+    ms = MeanShift(bandwidth=1.2, bin_seeding=True, max_iter=max_iter).fit(points)
+    result = mean_shift(torch.from_numpy(points), 1.2, max_iter=max_iter)
+    assert len(ms.cluster_centers_) > len(MeanShift(bandwidth=1.2, bin_seeding=True).fit(points).cluster_centers_)
+    assert np.array_equal(result.labels.numpy(), ms.labels_)
+    torch.testing.assert_close(result.centres, torch.from_numpy(ms.cluster_centers_), atol=1e-12, rtol=0)
+
+
 def test_deterministic_and_order_of_points_only_permutes_labels():
     points = torch.from_numpy(blobs((400, 300, 500), seed=7))
     first = cluster_embeddings(points, 0.5)
