@@ -1,5 +1,6 @@
 """Mean-shift clustering against sklearn, class-wise instances, and the panoptic merge on toy maps."""
 
+import inspect
 import math
 import re
 from fractions import Fraction
@@ -118,6 +119,13 @@ def test_max_iter_stops_the_climb_where_sklearn_stops(max_iter, ball_sums_path):
     assert len(ms.cluster_centers_) > len(MeanShift(bandwidth=1.2, bin_seeding=True).fit(points).cluster_centers_)
     assert np.array_equal(result.labels.numpy(), ms.labels_)
     torch.testing.assert_close(result.centres, torch.from_numpy(ms.cluster_centers_), atol=1e-12, rtol=0)
+
+
+def test_max_iter_defaults_to_sklearns():
+    """Every entry point's ``max_iter`` defaults to sklearn's MeanShift (300): no test data needs that many steps,
+    so only the signature tells (mutant 1 of ``cluster_embeddings`` and of ``mean_shift``: 301)."""
+    for function in (cluster_embeddings, mean_shift, postprocess.mean_shifts, cluster_instances):
+        assert inspect.signature(function).parameters["max_iter"].default == MeanShift().max_iter == 300
 
 
 def test_deterministic_and_order_of_points_only_permutes_labels():
