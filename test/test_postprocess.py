@@ -123,7 +123,7 @@ def test_max_iter_stops_the_climb_where_sklearn_stops(max_iter, ball_sums_path):
 
 def test_max_iter_defaults_to_sklearns():
     """Every entry point's ``max_iter`` defaults to sklearn's MeanShift (300): no test data needs that many steps,
-    so only the signature tells (mutant 1 of ``cluster_embeddings`` and of ``mean_shift``: 301)."""
+    so only the signature tells (mutant 1 of ``cluster_embeddings``, ``mean_shift`` and ``mean_shifts``: 301)."""
     for function in (cluster_embeddings, mean_shift, postprocess.mean_shifts, cluster_instances):
         assert inspect.signature(function).parameters["max_iter"].default == MeanShift().max_iter == 300
 

@@ -74,7 +74,7 @@ def test_pyramid_pooling_trains_after_inference_on_the_same_map_size():
 
 def test_an_export_first_leaves_eager_calls_of_that_size_real_matrices():
     """torch.export traces the matrices into the graph rather than through the eager cache: cached during a trace
-    they would be fake tensors, and the next eager call of that map size would return one (mutants 4, 5 and 17 of
+    they would be fake tensors, and the next eager call of that map size would return one (mutants 4 and 17 of
     ``PyramidPooling.forward``, which take the cached path while exporting). The size is one no other test uses, so
     the export is its first call."""
     x = torch.randn(1, 2, 5, 19)
