@@ -4,7 +4,9 @@
         [--cache-dir D] [--threads N]
 
 ``--backend``: ``compile``, ``onnxruntime``, ``tensorrt`` or ``auto`` (``backends.BACKENDS``). ``--resolution`` is
-the network's input (the frame size times ``input_scale``); several may be given. The artefact and its key go to
+the frame size times the node's ``input_scale``; the artefact is built for the network input such a frame is resized
+to (``Predictor.network_size``: PanoNet's sides are multiples of 32, so 480x360 builds 480x352); several may be
+given. The artefact and its key go to
 the cache directory (``backends.default_cache_dir()`` by default), after the check against eager on the embedded
 sample frame; an artefact that is already there and current is kept. ``--threads``: torch's thread count for the
 build; a CPU ``compile`` artefact is built for it (inductor writes it into the code) and is stale in a process
@@ -56,9 +58,12 @@ def main(argv=None) -> None:
         for width, height in opts.resolution:
             if min(width, height) < least:
                 raise BackendError(f"{width}x{height} is below the network's smallest input, {least} x {least}")
-            predictor.network.prepare(height, width)
-            model_path, key_path = artefact_paths(predictor.network.cache_dir, predictor.network.key(height, width))
-            print(f"{predictor.backend} {width}x{height}: {model_path} (key {key_path.name})")
+            net_height, net_width = predictor.network_size(height, width, 1.0)
+            predictor.network.prepare(net_height, net_width)
+            key = predictor.network.key(net_height, net_width)
+            model_path, key_path = artefact_paths(predictor.network.cache_dir, key)
+            print(f"{predictor.backend} {width}x{height} (network input {net_width}x{net_height}): {model_path} "
+                  f"(key {key_path.name})")
     except BackendError as error:
         sys.exit(f"error: {error}")
 

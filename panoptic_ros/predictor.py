@@ -27,7 +27,7 @@ from .classes import TABLES, ClassTable
 from .config import BridgingPostprocessConfig, DCMEPostprocessConfig, DetectionPostprocessConfig, PostprocessConfig
 from .decoders import decode_bridging, decode_dcme
 from .backends import Networks
-from .models import ARCHITECTURES
+from .models import ARCHITECTURES, network_input_size
 from .models.icnet import bilinear_sources
 from .panoptic_merge import merge_detections
 from .postprocess import (VOID_ID, InstanceMap, Segment, assign_thing_pixels, cluster_instances, merge_codes,
@@ -505,12 +505,9 @@ class Predictor:
 
     def network_size(self, height: int, width: int, scale: float | None = None) -> tuple[int, int]:
         """The network's input (height, width) for a ``height`` x ``width`` image at ``scale`` (the configured one
-        if None), never below the network's smallest input."""
-        scale = self.scale if scale is None else scale
-        if scale == 1.0:
-            return height, width
-        least = self.model.min_input_size
-        return max(least, round(height * scale)), max(least, round(width * scale))
+        if None): ``models.network_input_size`` (PanoNet's sides are multiples of 32, so a 480 x 360 frame runs at
+        480 x 352)."""
+        return network_input_size(self.model, height, width, self.scale if scale is None else scale)
 
     @torch.inference_mode()
     def run_network(self, rgb: np.ndarray, scale: float | None = None) -> NetworkOutput:
@@ -525,9 +522,9 @@ class Predictor:
         height, width = rgb.shape[:2]
         scale = self.scale if scale is None else scale
         images = normalize_image(rgb, self.device)[None]  # uploaded as uint8, normalised on the device
-        if scale != 1.0:  # resized there too (antialiased when shrinking)
-            images = F.interpolate(images, self.network_size(height, width, scale), mode="bilinear",
-                                   align_corners=False, antialias=scale < 1)
+        size = self.network_size(height, width, scale)
+        if size != (height, width):  # resized there too (antialiased when the scale shrinks it)
+            images = F.interpolate(images, size, mode="bilinear", align_corners=False, antialias=scale < 1)
         images = images.to(self.dtype)
         clock = lap(timings, "preprocess", clock, self.device)
         outputs = first_image(self.network(images))

@@ -63,7 +63,7 @@ from .datasets import DATASETS
 from .decoders import bridging_cascade_loss, dcme_cascade_loss
 from .losses import CASCADE_WEIGHTS, cascade_cross_entropy, cascade_discriminative_loss
 from .metrics import SemanticIoU
-from .models import build_model
+from .models import build_model, network_input_size
 from .models.panoptic_fpn import detection_targets
 from .transforms import IGNORE_LABEL, NO_INSTANCE, TrainAugment
 
@@ -208,9 +208,14 @@ def collate_detection_targets(items: list[dict], thing_classes) -> dict:
 
 
 def panonet_logits(model, images):
-    """[B, K, H, W]: the 1/4 logits upsampled bilinearly to the input."""
+    """[B, K, H, W]: the 1/4 logits of the images resized as the Predictor resizes them
+    (``models.network_input_size``), upsampled bilinearly to the input."""
+    full = tuple(images.shape[-2:])
+    size = network_input_size(model, *full)
+    if size != full:
+        images = F.interpolate(images, size, mode="bilinear", align_corners=False)
     logits = model(images, instance=False)["semantic"]
-    return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return F.interpolate(logits, size=full, mode="bilinear", align_corners=False)
 
 
 def panoptic_fpn_logits(model, images):

@@ -117,6 +117,18 @@ def test_export_cli_refuses_what_it_cannot_build(tiny_weights, tmp_path):
     assert torch.get_num_threads() == threads and not list(tmp_path.iterdir())  # refused before building anything
 
 
+def test_export_cli_builds_the_network_size_a_frame_runs_at(tiny_weights, tmp_path, capsys):
+    """A 100x72 frame runs at 96x64 (PanoNet's sides are multiples of 32): the command builds that artefact, and a
+    Predictor that may not build one finds it for such a frame."""
+    export_cli.main(["--weights", str(tiny_weights), "--backend", "onnxruntime", "--resolution", "100x72",
+                     "--cache-dir", str(tmp_path)])
+    assert "onnxruntime 100x72 (network input 96x64)" in capsys.readouterr().out
+    cached = Predictor.from_weights(tiny_weights, device="cpu", backend="onnxruntime", cache_dir=tmp_path,
+                                    build_missing=False)
+    rgb = np.random.default_rng(0).integers(0, 255, (72, 100, 3), dtype=np.uint8)
+    assert cached(rgb).panoptic.shape == (72, 100)
+
+
 needs_compiler = pytest.mark.skipif(not compile_available(CPU), reason="no C++ compiler for AOTInductor")
 
 
@@ -160,15 +172,15 @@ def test_exported_predictor_matches_eager_and_caches_its_artefact(backend, tiny_
     """Built once with a message, checked against eager, reloaded from the cache without a rebuild; a key from
     another version is stale: refused with the command that builds it, or rebuilt."""
     rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 255, (72, 100, 3), dtype=np.uint8)
+    rgb = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
     eager = Predictor.from_weights(tiny_weights, device="cpu", backend="eager")
     fast = Predictor.from_weights(tiny_weights, device="cpu", backend=backend, cache_dir=tmp_path)
     assert fast.backend == backend
     expected, got = eager(rgb), fast(rgb)
-    assert f"exporting the network for {backend} at 100x72" in capfd.readouterr().err  # said, not silent
+    assert f"exporting the network for {backend} at 96x64" in capfd.readouterr().err  # said, not silent
     assert (expected.semantic == got.semantic).float().mean() >= 0.999
     np.testing.assert_allclose(fast.run_network(rgb).logits, eager.run_network(rgb).logits, atol=1e-4)
-    key = fast.network.key(72, 100)
+    key = fast.network.key(64, 96)
     model_path, key_path = artefact_paths(tmp_path, key)
     stored = json.loads(key_path.read_text())
     assert model_path.suffix == SUFFIXES[backend] and model_path.is_file()
@@ -182,9 +194,9 @@ def test_exported_predictor_matches_eager_and_caches_its_artefact(backend, tiny_
     refusing = Predictor.from_weights(tiny_weights, device="cpu", backend=backend, cache_dir=tmp_path,
                                       build_missing=False)
     with pytest.raises(BackendError, match=r"missing or stale\); build it with: python -m panoptic_ros.export "
-                                           rf".* --backend {backend} --resolution 100x72"):
+                                           rf".* --backend {backend} --resolution 96x64"):
         refusing(rgb)
-    Networks(again.model, backend, torch.device("cpu"), "fp32", tmp_path).prepare(72, 100)
+    Networks(again.model, backend, torch.device("cpu"), "fp32", tmp_path).prepare(64, 96)
     assert json.loads(key_path.read_text())["version"] == key.version  # rebuilt
 
 

@@ -79,18 +79,31 @@ def test_smallest_images_run_and_a_downscale_stops_at_the_minimum(predictor):
 
 
 def test_network_size_takes_the_configured_scale_unless_given_one(predictor):
-    """``network_size`` as the realtime replay calls it, directly: ``run_network`` always passes its scale and skips
-    1.0, so only a direct call reaches the configured-scale default and the scale-1 shortcut. Kills
-    ``xǁPredictorǁnetwork_size__mutmut_2``-``4`` (the configured scale never, always or wrongly taken) and ``_6``
-    (the shortcut taken at 2.0 instead of 1.0)."""
+    """``network_size`` as the realtime replay calls it, directly: the configured scale unless one is given, each
+    side rounded to the nearest multiple of 32 (halves up), where PanoNet's branches align, and never below the
+    smallest multiple of 32 that holds the network's 18 pixels."""
     predictor.scale = 0.5
     try:
-        assert predictor.network_size(100, 200) == (50, 100)
-        assert predictor.network_size(100, 200, 2.0) == (200, 400)
-        assert predictor.network_size(100, 200, 1.0) == (100, 200)
-        assert predictor.network_size(100, 200, 0.1) == (18, 20)  # never below the network's 18 pixels
+        assert predictor.network_size(100, 200) == (64, 96)  # 50 -> 64 (1.56 x 32), 100 -> 96 (3.1 x 32)
+        assert predictor.network_size(100, 200, 2.0) == (192, 416)  # 200 -> 192, 400 = 12.5 x 32 -> 416
+        assert predictor.network_size(360, 480, 1.0) == (352, 480)  # a CamVid frame runs at the training crop's size
+        assert predictor.network_size(352, 480, 1.0) == (352, 480)
+        assert predictor.network_size(100, 200, 0.1) == (32, 32)  # never below the network's 18 pixels
     finally:
         predictor.scale = 1.0
+
+
+def test_frames_are_resized_to_the_network_size_and_outputs_come_back_at_theirs(predictor):
+    """A 360 x 480 frame reaches the network as 352 x 480 (the model records what it is given), and the outputs
+    are at 360 x 480 again."""
+    seen = []
+    handle = predictor.model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    try:
+        result = predictor(image(360, 480))
+    finally:
+        handle.remove()
+    assert seen == [(352, 480)]
+    assert result.panoptic.shape == result.semantic.shape == (360, 480)
 
 
 def test_from_weights_and_bad_options(tmp_path):
@@ -225,9 +238,11 @@ def test_filter_prediction_voids_weak_or_small_things_only():
 class Ramp(PanoNet):
     """A stand-in network whose output depends only on its input size: at 1/4 of the input (floor), the road logit
     (class 3) rises by 1 per coarse column from -2.3 at column 0, every other class is 0 (sky, class 0, wins ties)
-    or -100. Records the size and dtype it was given."""
+    or -100. Records the size and dtype it was given. It takes any input size (``input_divisor`` 1), so the sizes
+    below are the scale's alone."""
 
     min_input_size = 18
+    input_divisor = 1
 
     def __init__(self):
         torch.nn.Module.__init__(self)  # a PanoNet (the fast family) in name only

@@ -131,6 +131,11 @@ class PanoNet(nn.Module):
         """Smallest height and width the network accepts."""
         return self.instance_encoder.MIN_INPUT_SIZE
 
+    @property
+    def input_divisor(self) -> int:
+        """Input sides the branches align at are multiples of this (``ICNetEncoder``); others run, misaligned."""
+        return self.instance_encoder.INPUT_DIVISOR
+
     def set_use_coordinates(self, enabled: bool) -> None:
         """Stage one of Sec. III-C trains with ``False``; stage two switches the coordinates on."""
         self.use_coordinates.fill_(enabled)

@@ -221,6 +221,7 @@ class PanopticFPN(nn.Module):
     output_stride = 4
     min_input_size = 64  # P5 of 2 x 2: BatchNorm needs more than one value per channel in training
     _size_divisor = 32  # P5's stride: padded inputs keep every FPN level an exact 2x of the next
+    input_divisor = 1  # any input size: the network pads to _size_divisor itself
 
     def __init__(self, num_classes: int, thing_classes: Sequence[int], backbone: str = "resnet50",
                  backbone_norm: str | None = None, backbone_weights: str | None = None,

@@ -94,3 +94,25 @@ def test_torch_compile_traces_the_matrices_whole_without_the_cache():
         warnings.simplefilter("error")
         out = torch.compile(PyramidPooling(), backend="eager", fullgraph=True)(x)
     torch.testing.assert_close(out, reference_pyramid_pooling(x), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("height, width, aligned", [(352, 480, True), (64, 96, True), (360, 480, False),
+                                                    (72, 100, False)])
+def test_branches_are_exact_halves_only_at_multiples_of_the_input_divisor(height, width, aligned):
+    """At sides that are multiples of ``INPUT_DIVISOR`` the encoder's three outputs are exactly 1/8, 1/16 and 1/32
+    of the input, so each cascade fusion upsamples a map by exactly 2x; at a 360 x 480 CamVid frame the 1/16 map
+    has 23 rows and the 1/32 map 11 (not 22.5 and 11.25): the fused grids are shifted against each other, which is
+    why ``models.network_input_size`` resizes PanoNet's inputs to such multiples."""
+    from panoptic_ros.models import build_model, network_input_size
+    from panoptic_ros.models.icnet import ICNetEncoder
+
+    encoder = ICNetEncoder(width=0.125, depths=(1, 1, 1, 1)).eval()
+    with torch.no_grad():
+        f8, f16, f32 = encoder(torch.zeros(1, 3, height, width))
+    sizes = [tuple(f.shape[-2:]) for f in (f8, f16, f32)]
+    exact = [(height / s, width / s) for s in (8, 16, 32)]
+    assert (sizes == exact) == aligned
+    assert ((height % ICNetEncoder.INPUT_DIVISOR == 0) and (width % ICNetEncoder.INPUT_DIVISOR == 0)) == aligned
+    model = build_model("panonet", num_classes=11, width=0.125, depths=(1, 1, 1, 1))
+    resized = network_input_size(model, height, width)
+    assert all(side % 32 == 0 for side in resized) and (resized == (height, width)) == aligned

@@ -93,7 +93,8 @@ def test_realtime_replay_through_the_node_equals_the_offline_predictor(tmp_path)
 def test_the_network_artefact_is_built_before_the_node_starts(tmp_path, tiny_weights):
     """A realtime replay must not time an export on its first frame: ``prepare_network`` builds the artefact the
     node will load, for the bag's frame size at the node's network scale (input_scale 0.5: 240x180 of the
-    sample's 480x360), in the node's cache; nothing for eager."""
+    sample's 480x360, which PanoNet runs at 256x192, its sides rounded to multiples of 32), in the node's cache;
+    nothing for eager."""
     from panoptic_ros.backends import artefact_paths
     from panoptic_ros.ros.replay import prepare_network
 
@@ -103,7 +104,8 @@ def test_the_network_artefact_is_built_before_the_node_starts(tmp_path, tiny_wei
         prepare_network(reader, TOPIC, params)
         prepare_network(reader, TOPIC, {**params, "backend": "eager", "backend_cache_dir": str(tmp_path / "eager")})
     predictor = Predictor.from_weights(tiny_weights, device="cpu", backend="onnxruntime", cache_dir=tmp_path)
-    model_path, key_path = artefact_paths(tmp_path, predictor.network.key(180, 240))
+    assert predictor.network_size(360, 480, 0.5) == (192, 256)
+    model_path, key_path = artefact_paths(tmp_path, predictor.network.key(192, 256))
     assert model_path.is_file() and key_path.is_file() and not (tmp_path / "eager").exists()
 
 
