@@ -8,7 +8,8 @@ load that changes during the run weighs on all of them alike. Post-processing is
 
     python -m benchmarks.decoders [--weights W [W ...]] [--root ../shared/datasets/camvid --split val] [--quick]
 
-``--weights`` defaults to the three shipped CamVid models. Without ``--root`` only latency is measured.
+``--weights`` defaults to the three shipped CamVid models. Without ``--root`` only latency is measured. Every model
+runs at one input scale, ``--scale`` (default 1.0), whatever its file names, so that only the decoder differs.
 """
 
 from __future__ import annotations
@@ -86,11 +87,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="first N images only")
     add_backend_argument(parser)
     parser.add_argument("--quick", action="store_true", help="one small resolution, a short timing (smoke tests)")
+    parser.add_argument("--scale", type=float, default=1.0, help="every model's input scale (default 1.0)")
     opts = parser.parse_args()
     cache = Path(tempfile.mkdtemp(prefix="decoders_bench_"))  # artefacts built (and checked) before timing
     predictors, results = {}, {}
     for path in opts.weights:
-        predictor = Predictor.from_weights(path, device="cpu", backend=opts.backend, cache_dir=cache)
+        predictor = Predictor.from_weights(path, scale=opts.scale, device="cpu", backend=opts.backend, cache_dir=cache)
         if not predictor.instance_decoder:
             raise SystemExit(f"{path}: a {predictor.mode}-mode model, not a PanoNet with an instance decoder")
         name = shown(path)

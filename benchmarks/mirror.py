@@ -13,7 +13,8 @@ holds both halves), and *unmatched* otherwise (the twin was not segmented alike,
 
     python -m benchmarks.mirror [--root ../shared/datasets/camvid --split val] [--quick]
 
-Without ``--root`` it uses the embedded CamVid frame (what the test suite runs).
+Without ``--root`` it uses the embedded CamVid frame (what the test suite runs). Both models run at the input scale
+the model with coordinates names (the shipped file's ``input_scale``), so that only the coordinates differ.
 """
 
 from __future__ import annotations
@@ -100,9 +101,10 @@ def main() -> None:
         source = f"{opts.dataset} {opts.split} ({len(images)} frames)"
     else:
         images, source = [read_rgb(DEFAULT_IMAGE)], f"embedded frame {DEFAULT_IMAGE.name}"
-    rows = {}
+    rows, scale = {}, None
     for name, weights in (("with coordinates", opts.with_coordinates), ("without coordinates", opts.without_coordinates)):
-        predictor = Predictor.from_weights(weights, device="cpu")
+        predictor = Predictor.from_weights(weights, scale=scale, device="cpu")
+        scale = predictor.scale  # both at the input scale the model with coordinates names
         rows[name] = {"weights": weights, "uses_coordinates": bool(predictor.model.use_coordinates),
                       **evaluate(predictor, images)}
         print(name, rows[name], flush=True)

@@ -71,18 +71,23 @@ def main() -> None:
     cache = Path(tempfile.mkdtemp(prefix="panonet_bench_"))  # artefacts built (and checked) before timing
     predictors = {b: Predictor.from_weights(opts.weights, device="cpu", backend=b, cache_dir=cache) for b in backends}
     predictor = predictors["eager"]
-    results, ratios = {}, {}
+    results, ratios, network = {}, {}, {}
     for w, h in ((480, 360), (512, 256), (1024, 512)):
         rgb = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
+        net_h, net_w = predictor.network_size(h, w)
+        network[f"{w}x{h}"] = f"{net_w}x{net_h}"
         for backend, r in measure(predictors, rgb, seconds).items():  # side by side, frames in turn
             results[f"{w}x{h} {backend}"] = r
         if "onnxruntime" in predictors:
             ratios[f"{w}x{h}"] = results[f"{w}x{h} onnxruntime"]["fps"] / results[f"{w}x{h} eager"]["fps"]
     payload = {**environment(cpu), "weights": opts.weights, "model": predictor.model.config.__dict__,
-               "results": results, "onnxruntime_over_eager_fps": ratios}
+               "input_scale": predictor.scale, "network_input": network, "results": results,
+               "onnxruntime_over_eager_fps": ratios}
     lines = ["# PanoNet end-to-end benchmark (CPU)", "",
              f"commit {payload['commit']}, {payload['date']}, {payload['cpu']}, {payload['cpu_threads']} threads, "
              f"torch {payload['torch']}, weights {opts.weights}; backends measured side by side (fp32)", "",
+             f"network input at the weights' input scale {predictor.scale:g}: "
+             + ", ".join(f"{k} -> {v}" for k, v in network.items()), "",
              "| resolution, backend | FPS | median ms | share of time |", "|---|---|---|---|",
              *(row(k, v) for k, v in results.items()), "",
              *(f"onnxruntime / eager FPS at {k}: {v:.2f}x" for k, v in ratios.items()), ""]

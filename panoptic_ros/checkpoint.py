@@ -1,6 +1,7 @@
 """Shipped weights: a safetensors file (optionally fp16) whose metadata holds the model config (its
 ``architecture`` names the family: ``panonet`` fast, ``panoptic_fpn`` accuracy) and the family's post-processing
-config, so a file alone rebuilds its network and its post-processor. Files without an architecture-specific
+config, so a file alone rebuilds its network and its post-processor; its ``info`` may name the ``input_scale`` the
+network is run at by default (chosen on the training set, ``evaluation scales``; 1.0 where it names none). Files without an architecture-specific
 post-processing class (every PanoNet file written before the accuracy mode) read as PanoNet's, as before. A PanoNet
 file's model config names its ``instance_decoder`` (``embedding``, ``dcme``, ``bridging``), which picks the
 post-processing config's class (``config.postprocess_class``); files written before the decoders have no such key
@@ -76,6 +77,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig
     except (KeyError, json.JSONDecodeError, ConfigError) as error:
         raise WeightsError(f"{path}: invalid config metadata: {error}") from None
     info = {"dataset": metadata.get("dataset", ""), **json.loads(metadata.get("info", "{}"))}
+    scale = info.get("input_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.05 <= scale <= 4.0:
+        raise WeightsError(f"{path}: input_scale {scale!r} in its metadata is not a number in [0.05, 4]")
     return state, model_cfg, post_cfg, info
 
 

@@ -1,9 +1,10 @@
 """Dataset evaluation through the Predictor: semantic mIoU, panoptic quality, instance AP and latency; the report
-(JSON, Markdown, plots) that the dataset and bag evaluators share; and the per-class bandwidth search of PanoNet
-Sec. III-D.
+(JSON, Markdown, plots) that the dataset and bag evaluators share; the per-class bandwidth search of PanoNet
+Sec. III-D; and the comparison of input scales, whose chosen one a weights file can carry (``input_scale``).
 
     python -m panoptic_ros.evaluation evaluate --dataset camvid --root DIR --split val [--weights W] [--out DIR]
     python -m panoptic_ros.evaluation bandwidths --dataset camvid --root DIR --split train [--write W2]
+    python -m panoptic_ros.evaluation scales --dataset camvid --root DIR --split train --candidates 1 1.1 [--write W2]
 
 CamVid has no instance labels: its ground-truth instances are connected components of each thing class, so PQ and
 AP on CamVid measure that proxy.
@@ -33,6 +34,7 @@ from .predictor import DEFAULT_WEIGHTS, Prediction, Predictor
 from .transforms import IGNORE_LABEL
 
 DEFAULT_CANDIDATES = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4)  # from delta_v upwards (Sec. III-D)
+DEFAULT_SCALES = (1.0, 1.1, 1.25, 1.5)
 
 
 def dataset_items(dataset, limit: int | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
@@ -146,6 +148,24 @@ def search_bandwidths(predictor: Predictor, dataset, candidates=DEFAULT_CANDIDAT
             table[c][bandwidth] = per_class[dataset.table[c].name]["pq"]
     best = {c: max(scores, key=lambda b: (scores[b], -abs(b - candidates[0]))) for c, scores in table.items()}
     return {"pq": {dataset.table[c].name: s for c, s in table.items()}, "best": best}
+
+
+def search_scales(predictor: Predictor, dataset, candidates=DEFAULT_SCALES, limit: int | None = None) -> dict:
+    """PQ, things PQ, mIoU and the median ms per frame of ``predictor`` on the first ``limit`` images at each
+    candidate input scale (``Predictor.scale``; the predictor's own is restored); ``best``: the candidate of the
+    highest PQ (the smaller of equals). Speed is the caller's to weigh: give only the scales that fit the budget."""
+    if not candidates:
+        raise ValueError("no candidate scales")
+    table, configured = {}, predictor.scale
+    try:
+        for scale in candidates:
+            predictor.scale = scale
+            report = evaluate(predictor, dataset, limit)
+            table[scale] = {"pq": report["panoptic"]["all"]["pq"], "pq_things": report["panoptic"]["things"]["pq"],
+                            "miou": report["miou"], "ms": report["latency_ms"]["total"]["p50"]}
+    finally:
+        predictor.scale = configured
+    return {"scales": table, "best": max(candidates, key=lambda s: (table[s]["pq"], -s))}
 
 
 def describe_commit() -> str:
@@ -276,7 +296,7 @@ def write_report(report: dict, title: str, out_dir: Path, latency_ms: dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["evaluate", "bandwidths"])
+    parser.add_argument("command", choices=["evaluate", "bandwidths", "scales"])
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--dataset", default="camvid", choices=sorted(DATASETS))
     parser.add_argument("--root", required=True)
@@ -285,8 +305,9 @@ def main() -> None:
     add_backend_argument(parser)
     parser.add_argument("--limit", type=int, help="first N images only")
     parser.add_argument("--out", type=Path, default=Path("evaluation"), help="report folder (evaluate)")
-    parser.add_argument("--candidates", type=float, nargs="+", default=list(DEFAULT_CANDIDATES))
-    parser.add_argument("--write", type=Path, help="bandwidths: write the weights with the best bandwidths here")
+    parser.add_argument("--candidates", type=float, nargs="+",
+                        help=f"bandwidths (default {DEFAULT_CANDIDATES}) or input scales (default {DEFAULT_SCALES})")
+    parser.add_argument("--write", type=Path, help="write the weights with the best bandwidths or input scale here")
     opts = parser.parse_args()
     predictor = Predictor.from_weights(opts.weights, device=opts.device, backend=opts.backend)
     dataset = DATASETS[opts.dataset](opts.root, opts.split)
@@ -303,8 +324,16 @@ def main() -> None:
         write_report(report, title, opts.out, accumulator.latency_ms)
         print(markdown(report, title))
         return
+    if opts.command == "scales":
+        found = search_scales(predictor, dataset, tuple(opts.candidates or DEFAULT_SCALES), opts.limit)
+        print(json.dumps(found, indent=2))
+        if opts.write:
+            state, model_cfg, post_cfg, info = read_weights(opts.weights)
+            save_state(state, model_cfg, post_cfg, {**info, "input_scale": found["best"]}, opts.write)
+            print(f"wrote {opts.write} with input_scale {found['best']}")
+        return
     try:
-        found = search_bandwidths(predictor, dataset, tuple(opts.candidates), opts.limit)
+        found = search_bandwidths(predictor, dataset, tuple(opts.candidates or DEFAULT_CANDIDATES), opts.limit)
     except ValueError as error:
         raise SystemExit(f"bandwidths: {error}") from None
     print(json.dumps(found, indent=2))

@@ -109,7 +109,7 @@ class NodeConfig:
     backend: str = "auto"  # auto (the fastest for the device), eager, onnxruntime, compile, tensorrt (backends)
     backend_cache_dir: str = ""  # "" = $PANOPTIC_ROS_CACHE or ~/.cache/panoptic_ros
     backend_build_missing: bool = True  # build a missing artefact (logged) on the first frame of a new size
-    input_scale: float = 1.0  # the network sees the frame resized by this factor
+    input_scale: float = 0.0  # the network sees the frame resized by this factor; 0 = the weights' (1.0 if none)
     max_network_width: int = 0  # if > 0, frames wider than this (after input_scale) are scaled down to it
     autostart: bool = True  # configure and activate at start-up; false: wait for lifecycle transitions
     input: InputConfig = field(default_factory=InputConfig)
@@ -125,7 +125,8 @@ class NodeConfig:
         _require(bool(_DEVICE.match(self.device)), where, "device", self.device, "auto, cpu, cuda or cuda:N")
         _require(self.precision in PRECISIONS, where, "precision", self.precision, f"one of {tuple(PRECISIONS)}")
         _require(self.backend in BACKENDS, where, "backend", self.backend, f"one of {BACKENDS}")
-        _require(0.05 <= self.input_scale <= 4.0, where, "input_scale", self.input_scale, "a number in [0.05, 4]")
+        _require(self.input_scale == 0 or 0.05 <= self.input_scale <= 4.0, where, "input_scale", self.input_scale,
+                 "0 (the weights') or a number in [0.05, 4]")
         _require(self.max_network_width == 0 or self.max_network_width >= 32, where, "max_network_width",
                  self.max_network_width, "0 (off) or an integer >= 32")
         for name in ("input", "output", "filter", "diagnostics"):
@@ -134,11 +135,13 @@ class NodeConfig:
             _require(value > 0, where, f"bandwidths.{name}", value, "a number > 0")
         return self
 
-    def network_scale(self, width: int) -> float:
-        """Resize factor for a frame ``width`` pixels wide: ``input_scale``, capped by ``max_network_width``."""
-        if self.max_network_width and width * self.input_scale > self.max_network_width:
+    def network_scale(self, width: int, weights_scale: float = 1.0) -> float:
+        """Resize factor for a frame ``width`` pixels wide: ``input_scale`` (``weights_scale``, the weights' own,
+        where it is 0), capped by ``max_network_width``."""
+        scale = self.input_scale or weights_scale
+        if self.max_network_width and width * scale > self.max_network_width:
             return self.max_network_width / width
-        return self.input_scale
+        return scale
 
     def postprocess(self, weights: PostprocessConfig | DetectionPostprocessConfig,
                     table: ClassTable) -> PostprocessConfig | DetectionPostprocessConfig:

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     add_backend_argument(parser)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--scale", type=float, default=1.0, help="resize factor of the network input")
+    parser.add_argument("--scale", type=float, help="resize factor of the network input (default: the weights')")
     opts = parser.parse_args()
     predictor = Predictor.from_weights(opts.weights, device=opts.device, precision=opts.precision, scale=opts.scale,
                                        backend=opts.backend)

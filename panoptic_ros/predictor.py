@@ -466,10 +466,12 @@ class Predictor:
         return self.network.backend
 
     @classmethod
-    def from_weights(cls, path: str | Path = DEFAULT_WEIGHTS, **kwargs) -> "Predictor":
-        """Build from a weights file (the shipped CamVid PanoNet by default) of either family; raises
-        ``WeightsError`` for a missing or mismatched file."""
+    def from_weights(cls, path: str | Path = DEFAULT_WEIGHTS, scale: float | None = None, **kwargs) -> "Predictor":
+        """Build from a weights file (the shipped CamVid PanoNet by default) of either family, at ``scale`` or, if
+        None, the file's ``input_scale`` (1.0 where it names none); raises ``WeightsError`` for a missing or
+        mismatched file."""
         model, model_cfg, post_cfg, info = load_model(path)
+        kwargs["scale"] = float(info.get("input_scale", 1.0)) if scale is None else scale
         table = TABLES[info.get("dataset") or "camvid"]
         if len(table) != model_cfg.num_classes:
             raise ValueError(f"{path}: {model_cfg.num_classes} classes, but the {table.name} table has {len(table)}")

@@ -77,3 +77,17 @@ def test_rewriting_postprocess_keeps_the_network(saved, tmp_path):
     state2, model_cfg2, post_cfg2, info2 = read_weights(out)
     assert post_cfg2.bandwidths == {8: 0.35, 9: 0.7} and model_cfg2 == model_cfg and info2 == info
     assert all(torch.equal(state[k], state2[k]) for k in state)
+
+
+@pytest.mark.parametrize("scale", [0.0, 5.0, "1.1", True, None])
+def test_an_input_scale_outside_the_predictors_range_is_refused(saved, tmp_path, scale):
+    """The ``input_scale`` a file carries is the scale every tool runs it at by default: a value the Predictor
+    would refuse, or no number at all, is refused when the file is read, naming it."""
+    from panoptic_ros.checkpoint import read_weights, save_state
+
+    state, model_cfg, post_cfg, info = read_weights(saved[2])
+    path = save_state(state, model_cfg, post_cfg, {**info, "input_scale": scale}, tmp_path / "scaled.safetensors")
+    with pytest.raises(WeightsError, match=rf"input_scale {scale!r} in its metadata is not a number in \[0.05, 4\]"):
+        read_weights(path)
+    good = save_state(state, model_cfg, post_cfg, {**info, "input_scale": 4}, tmp_path / "good.safetensors")
+    assert read_weights(good)[3]["input_scale"] == 4

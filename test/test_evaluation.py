@@ -6,7 +6,8 @@ import math
 import pytest
 
 from panoptic_ros.datasets import CamVid
-from panoptic_ros.evaluation import EvaluationAccumulator, evaluate, markdown, search_bandwidths, write_report
+from panoptic_ros.evaluation import (EvaluationAccumulator, evaluate, main, markdown, search_bandwidths, search_scales,
+                                     write_report)
 from panoptic_ros.predictor import Predictor
 
 
@@ -55,3 +56,28 @@ def test_bandwidth_search_scores_each_thing_class(toy_camvid, predictor, tmp_pat
     assert set(found["pq"]) == {"car", "pedestrian", "bicyclist"}
     assert all(set(scores) == {0.3, 0.8} for scores in found["pq"].values())
     assert set(found["best"]) == {8, 9, 10} and set(found["best"].values()) <= {0.3, 0.8}
+
+
+def test_scale_search_scores_each_scale_and_writes_the_best(toy_camvid, predictor, tmp_path, monkeypatch, capsys):
+    """Each candidate's figures are those of ``evaluate`` at that scale; the predictor keeps its own scale; the
+    command line writes the weights with the best one, and ``Predictor.from_weights`` then runs at it unless told
+    otherwise."""
+    import sys
+
+    dataset = CamVid(toy_camvid, "val")
+    found = search_scales(predictor[0], dataset, candidates=(0.5, 1.0))
+    assert predictor[0].scale == 1.0 and set(found["scales"]) == {0.5, 1.0}
+    predictor[0].scale = 0.5
+    direct = evaluate(predictor[0], dataset)
+    predictor[0].scale = 1.0
+    assert found["scales"][0.5]["pq"] == direct["panoptic"]["all"]["pq"]
+    assert found["scales"][0.5]["miou"] == direct["miou"]
+    assert found["best"] == max((0.5, 1.0), key=lambda s: (found["scales"][s]["pq"], -s))
+    out = tmp_path / "scaled.safetensors"
+    monkeypatch.setattr(sys, "argv", ["evaluation", "scales", "--root", str(toy_camvid), "--weights", str(predictor[1]),
+                                      "--candidates", "0.5", "--write", str(out), "--backend", "eager"])
+    main()
+    assert "wrote" in capsys.readouterr().out
+    assert Predictor.from_weights(out, device="cpu", backend="eager").scale == 0.5
+    assert Predictor.from_weights(out, scale=2.0, device="cpu", backend="eager").scale == 2.0
+    assert Predictor.from_weights(predictor[1], device="cpu", backend="eager").scale == 1.0  # names none

@@ -84,6 +84,17 @@ def test_network_scale_caps_the_width():
     config = NodeConfig(input_scale=0.5, max_network_width=512)
     assert config.network_scale(800) == 0.5
     assert config.network_scale(2048) == 0.25
+    assert config.network_scale(800, weights_scale=1.1) == 0.5  # the parameter, when set, over the weights'
+
+
+def test_input_scale_zero_is_the_weights_own_and_the_cap_applies_to_it():
+    config = NodeConfig(max_network_width=512)
+    assert config.input_scale == 0.0  # the default: the scale the weights name
+    assert config.network_scale(320, weights_scale=1.1) == 1.1
+    assert config.network_scale(320) == 1.0  # weights that name none
+    assert config.network_scale(1024, weights_scale=1.1) == 0.5
+    with pytest.raises(ConfigError, match=r"input_scale = 0.01 is not allowed: expected 0 \(the weights'\) or"):
+        node_config_from_parameters({"input_scale": 0.01})
 
 
 def test_postprocess_overrides_by_class_name():

@@ -369,7 +369,7 @@ class PanopticNode(LifecycleNode):
         out = OutputBuffers(torch.from_numpy(buffers["semantic"].pixels(header, height, width)),
                             torch.from_numpy(buffers["segments"].pixels(header, height, width).view(np.int16)))
         try:
-            prediction = predictor(rgb, config.network_scale(rgb.shape[1]), out)
+            prediction = predictor(rgb, config.network_scale(rgb.shape[1], predictor.scale), out)
         except Exception as error:  # the model, not the frame: ERROR in diagnostics until a frame succeeds
             self._model_error = f"{type(error).__name__}: {error}"
             self._reject(camera, "model", f"{self._model_error}\n{traceback.format_exc()}")

@@ -164,7 +164,7 @@ def prepare_network(reader: BagReader, topic: str, params: dict) -> None:
                                        build_missing=config.backend_build_missing)
     if predictor.backend != "eager" and config.backend_build_missing:
         height, width = first.rgb.shape[:2]
-        predictor.network.prepare(*predictor.network_size(height, width, config.network_scale(width)))
+        predictor.network.prepare(*predictor.network_size(height, width, config.network_scale(width, predictor.scale)))
 
 
 def latencies(recorder: Recorder, player: BagPlayer, topic: str) -> dict[str, list[float]]:
