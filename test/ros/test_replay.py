@@ -1,12 +1,15 @@
 """The project's bag player and the realtime replay through a node process, on the embedded sample bag."""
 
 import json
+import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 import rclpy
+import torch
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import CameraInfo, Image
@@ -75,15 +78,24 @@ def test_realtime_replay_through_the_node_equals_the_offline_predictor(tmp_path)
     assert report["images"] == summary["received"] and (tmp_path / "latency.png").is_file()
     assert report["latency_ms"]["end_to_end"]["p50"] >= report["latency_ms"]["node"]["p50"] > 0
 
-    # The same frames through the Predictor in this process: the node must give identical results.
+    # The same frames through the Predictor in this process: the node must give identical results. With the
+    # node's thread count, a fresh process's: convolution sums depend on it (one pixel of the sample's third frame
+    # changes class at 1 thread against 2), and an earlier test in this process may have set another.
+    fresh = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], check=True,
+                               capture_output=True, text=True).stdout)
+    threads = torch.get_num_threads()
     predictor = Predictor.from_weights(device="cpu", backend="eager")
     received = {int(p.stem.split("_")[-1]) for p in tmp_path.glob("overlay_*.png")}
     accumulator = EvaluationAccumulator(predictor.table)
-    with BagReader(DEFAULT_BAG) as reader:
-        for frame in reader.frames(TOPIC, list(DEFAULT_LABEL_TOPICS)):
-            if frame.stamp_ns in received:
-                truth = ground_truth_from_labels(frame.labels, predictor.table)
-                accumulator.add(predictor(frame.rgb), truth.semantic, truth.panoptic)
+    torch.set_num_threads(fresh)
+    try:
+        with BagReader(DEFAULT_BAG) as reader:
+            for frame in reader.frames(TOPIC, list(DEFAULT_LABEL_TOPICS)):
+                if frame.stamp_ns in received:
+                    truth = ground_truth_from_labels(frame.labels, predictor.table)
+                    accumulator.add(predictor(frame.rgb), truth.semantic, truth.panoptic)
+    finally:
+        torch.set_num_threads(threads)
     direct = accumulator.metrics()
     assert report["miou"] == pytest.approx(direct["miou"], abs=1e-12)
     assert report["panoptic"]["all"]["pq"] == pytest.approx(direct["panoptic"]["all"]["pq"], abs=1e-12)
