@@ -117,6 +117,18 @@ def test_from_weights_and_bad_options(tmp_path):
         Predictor.from_weights(path, precision="int8")
 
 
+def test_from_weights_runs_at_the_files_input_scale_unless_given_one(tmp_path):
+    """A file's ``input_scale`` is the Predictor's default scale; an explicit ``scale`` wins; a file naming none runs
+    at 1.0."""
+    cfg = config_from_dict({"model": {"num_classes": 11, "width": 0.125, "depths": [1, 1, 1, 1]}})
+    plain = save_weights(build_model("panonet", **cfg.model.kwargs()), cfg, tmp_path / "w.safetensors")
+    state, model_cfg, post_cfg, info = read_weights(plain)
+    scaled = save_state(state, model_cfg, post_cfg, {**info, "input_scale": 0.5}, tmp_path / "scaled.safetensors")
+    assert Predictor.from_weights(scaled, device="cpu", backend="eager").scale == 0.5
+    assert Predictor.from_weights(scaled, scale=2.0, device="cpu", backend="eager").scale == 2.0
+    assert Predictor.from_weights(plain, device="cpu", backend="eager").scale == 1.0
+
+
 @pytest.mark.parametrize("coarse, size", [((9, 12), (36, 48)), ((23, 30), (90, 120)), ((23, 30), (89, 131)),
                                            ((5, 7), (5, 7)), ((8, 8), (3, 5)), ((1, 6), (4, 25))])
 def test_upsample_argmax_equals_the_argmax_of_bilinear_logits(coarse, size):
