@@ -432,7 +432,7 @@ class Networks:
                     raise BackendError(
                         f"no {self.backend} artefact for {width}x{height} in {self.cache_dir} (missing or stale); "
                         f"build it with: python -m panoptic_ros.export --weights {self.weights or 'W'} --backend "
-                        f"{self.backend} --resolution {width}x{height} --cache-dir {self.cache_dir}")
+                        f"{self.backend} --resolution {width}x{height} --scale 1 --cache-dir {self.cache_dir}")
                 export(self.model, key, self.cache_dir, self.log)
             self._sessions[shape] = load_network(self.backend, model_path, self.device)
         return self._sessions[shape]

@@ -1,8 +1,8 @@
 """Shipped weights: a safetensors file (optionally fp16) whose metadata holds the model config (its
 ``architecture`` names the family: ``panonet`` fast, ``panoptic_fpn`` accuracy) and the family's post-processing
 config, so a file alone rebuilds its network and its post-processor; its ``info`` may name the ``input_scale`` the
-network is run at by default (chosen on the training set, ``evaluation scales``; 1.0 where it names none). Files without an architecture-specific
-post-processing class (every PanoNet file written before the accuracy mode) read as PanoNet's, as before. A PanoNet
+network is run at by default (chosen on the training set, ``evaluation scales``; 1.0 where it names none). Files
+without an architecture-specific post-processing class (every PanoNet file written before the accuracy mode) read as PanoNet's, as before. A PanoNet
 file's model config names its ``instance_decoder`` (``embedding``, ``dcme``, ``bridging``), which picks the
 post-processing config's class (``config.postprocess_class``); files written before the decoders have no such key
 and read as ``embedding``, unchanged.
@@ -19,8 +19,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import (ConfigError, DetectionPostprocessConfig, ExperimentConfig, ModelConfig, PanopticFPNConfig,
-                     PostprocessConfig, model_config_from_dict, postprocess_config_from_dict)
+from .config import (INPUT_SCALES, ConfigError, DetectionPostprocessConfig, ExperimentConfig, ModelConfig,
+                     PanopticFPNConfig, PostprocessConfig, model_config_from_dict, postprocess_config_from_dict)
 from .models import build_model
 
 FORMAT = "panoptic_ros.weights.v1"
@@ -78,8 +78,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig
         raise WeightsError(f"{path}: invalid config metadata: {error}") from None
     info = {"dataset": metadata.get("dataset", ""), **json.loads(metadata.get("info", "{}"))}
     scale = info.get("input_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.05 <= scale <= 4.0:
-        raise WeightsError(f"{path}: input_scale {scale!r} in its metadata is not a number in [0.05, 4]")
+    low, high = INPUT_SCALES
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not low <= scale <= high:
+        raise WeightsError(f"{path}: input_scale {scale!r} in its metadata is not a number in [{low:g}, {high:g}]")
     return state, model_cfg, post_cfg, info
 
 

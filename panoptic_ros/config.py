@@ -13,6 +13,8 @@ import yaml
 from .classes import TABLES
 
 
+INPUT_SCALES = (0.05, 4.0)  # the resize factors of a network input allowed (Predictor, node, weights file)
+
 class ConfigError(ValueError):
     pass
 

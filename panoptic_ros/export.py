@@ -1,12 +1,13 @@
 """Export the network for a backend, as an explicit step before the node or a tool uses it.
 
-    python -m panoptic_ros.export --weights W --backend onnxruntime --resolution 1024x512 [--precision fp32]
-        [--cache-dir D] [--threads N]
+    python -m panoptic_ros.export --weights W --backend onnxruntime --resolution 1024x512 [--scale S]
+        [--precision fp32] [--cache-dir D] [--threads N]
 
 ``--backend``: ``compile``, ``onnxruntime``, ``tensorrt`` or ``auto`` (``backends.BACKENDS``). ``--resolution`` is
-the frame size times the node's ``input_scale``; the artefact is built for the network input such a frame is resized
-to (``Predictor.network_size``: PanoNet's sides are multiples of 32, so 480x360 builds 480x352); several may be
-given. The artefact and its key go to
+the camera's frame size, several may be given; the artefact is built for the network input such a frame is resized
+to at ``--scale`` (the node's ``input_scale``; default the weights' own, as the node's default 0 takes it):
+``Predictor.network_size``, so the shipped PanoNet (scale 1.05, sides multiples of 32) builds 512x384 for 480x360.
+The artefact and its key go to
 the cache directory (``backends.default_cache_dir()`` by default), after the check against eager on the embedded
 sample frame; an artefact that is already there and current is kept. ``--threads``: torch's thread count for the
 build; a CPU ``compile`` artefact is built for it (inductor writes it into the code) and is stale in a process
@@ -39,7 +40,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--backend", required=True, choices=[b for b in BACKENDS if b != "eager"])
-    parser.add_argument("--resolution", type=resolution, nargs="+", required=True, metavar="WxH")
+    parser.add_argument("--resolution", type=resolution, nargs="+", required=True, metavar="WxH",
+                        help="frame sizes")
+    parser.add_argument("--scale", type=float, help="the node's input_scale (default: the weights' own)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cache-dir", type=Path, help="default: $PANOPTIC_ROS_CACHE or ~/.cache/panoptic_ros")
@@ -50,15 +53,15 @@ def main(argv=None) -> None:
             parser.error(f"--threads {opts.threads}: expected a positive number")
         torch.set_num_threads(opts.threads)
     try:
-        predictor = Predictor.from_weights(opts.weights, device=opts.device, precision=opts.precision,
-                                           backend=opts.backend, cache_dir=opts.cache_dir)
+        predictor = Predictor.from_weights(opts.weights, scale=opts.scale, device=opts.device,
+                                           precision=opts.precision, backend=opts.backend, cache_dir=opts.cache_dir)
         if predictor.backend == "eager":  # auto with a network that runs eager only (the accuracy mode)
             raise BackendError(f"backend {opts.backend!r} resolves to eager for {opts.weights}: nothing to export")
         least = predictor.model.min_input_size
         for width, height in opts.resolution:
             if min(width, height) < least:
                 raise BackendError(f"{width}x{height} is below the network's smallest input, {least} x {least}")
-            net_height, net_width = predictor.network_size(height, width, 1.0)
+            net_height, net_width = predictor.network_size(height, width)
             predictor.network.prepare(net_height, net_width)
             key = predictor.network.key(net_height, net_width)
             model_path, key_path = artefact_paths(predictor.network.cache_dir, key)

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from .classes import TABLES, ClassTable
-from .config import ConfigError, DetectionPostprocessConfig, PostprocessConfig, _coerce, _require
+from .config import INPUT_SCALES, ConfigError, DetectionPostprocessConfig, PostprocessConfig, _coerce, _require
 from .backends import BACKENDS
 from .predictor import PRECISIONS
 
@@ -125,8 +125,9 @@ class NodeConfig:
         _require(bool(_DEVICE.match(self.device)), where, "device", self.device, "auto, cpu, cuda or cuda:N")
         _require(self.precision in PRECISIONS, where, "precision", self.precision, f"one of {tuple(PRECISIONS)}")
         _require(self.backend in BACKENDS, where, "backend", self.backend, f"one of {BACKENDS}")
-        _require(self.input_scale == 0 or 0.05 <= self.input_scale <= 4.0, where, "input_scale", self.input_scale,
-                 "0 (the weights') or a number in [0.05, 4]")
+        low, high = INPUT_SCALES
+        _require(self.input_scale == 0 or low <= self.input_scale <= high, where, "input_scale", self.input_scale,
+                 f"0 (the weights') or a number in [{low:g}, {high:g}]")
         _require(self.max_network_width == 0 or self.max_network_width >= 32, where, "max_network_width",
                  self.max_network_width, "0 (off) or an integer >= 32")
         for name in ("input", "output", "filter", "diagnostics"):

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from .checkpoint import load_model, read_weights
 from .classes import TABLES, ClassTable
-from .config import BridgingPostprocessConfig, DCMEPostprocessConfig, DetectionPostprocessConfig, PostprocessConfig
+from .config import (INPUT_SCALES, BridgingPostprocessConfig, DCMEPostprocessConfig, DetectionPostprocessConfig,
+                     PostprocessConfig)
 from .decoders import decode_bridging, decode_dcme
 from .backends import Networks
 from .models import ARCHITECTURES, network_input_size
@@ -431,8 +432,9 @@ class Predictor:
                  cache_dir: str | Path | None = None, build_missing: bool = True, weights: str = ""):
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not allowed: expected one of {sorted(PRECISIONS)}")
-        if not 0.05 <= scale <= 4.0:
-            raise ValueError(f"scale {scale!r} is not allowed: expected a number in [0.05, 4]")
+        low, high = INPUT_SCALES
+        if not low <= scale <= high:
+            raise ValueError(f"scale {scale!r} is not allowed: expected a number in [{low:g}, {high:g}]")
         self.architecture, self.family = family_of(model)
         self.device = resolve_device(device)
         self.dtype = PRECISIONS[precision]

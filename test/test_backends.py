@@ -118,15 +118,26 @@ def test_export_cli_refuses_what_it_cannot_build(tiny_weights, tmp_path):
 
 
 def test_export_cli_builds_the_network_size_a_frame_runs_at(tiny_weights, tmp_path, capsys):
-    """A 100x72 frame runs at 96x64 (PanoNet's sides are multiples of 32): the command builds that artefact, and a
-    Predictor that may not build one finds it for such a frame."""
-    export_cli.main(["--weights", str(tiny_weights), "--backend", "onnxruntime", "--resolution", "100x72",
-                     "--cache-dir", str(tmp_path)])
-    assert "onnxruntime 100x72 (network input 96x64)" in capsys.readouterr().out
-    cached = Predictor.from_weights(tiny_weights, device="cpu", backend="onnxruntime", cache_dir=tmp_path,
-                                    build_missing=False)
+    """``--resolution`` is the frame size, at the weights' own input scale unless ``--scale`` says otherwise: a
+    100x72 frame of a file naming 0.5 runs at 64x32 (sides multiples of 32), at scale 1 at 96x64. The command builds
+    what a Predictor that may not build one then finds, and the command a refusal names builds the missing one."""
+    from panoptic_ros.checkpoint import read_weights, save_state
+
+    state, model_cfg, post_cfg, info = read_weights(tiny_weights)
+    scaled = save_state(state, model_cfg, post_cfg, {**info, "input_scale": 0.5}, tmp_path / "scaled.safetensors")
+    cache = tmp_path / "cache"
+    export_cli.main(["--weights", str(scaled), "--backend", "onnxruntime", "--resolution", "100x72",
+                     "--cache-dir", str(cache)])
+    assert "onnxruntime 100x72 (network input 64x32)" in capsys.readouterr().out
     rgb = np.random.default_rng(0).integers(0, 255, (72, 100, 3), dtype=np.uint8)
+    cached = Predictor.from_weights(scaled, device="cpu", backend="onnxruntime", cache_dir=cache, build_missing=False)
     assert cached(rgb).panoptic.shape == (72, 100)
+    with pytest.raises(BackendError, match="build it with: python -m panoptic_ros.export ") as refused:
+        cached(rgb, scale=1.0)  # 96x64: not built
+    command = str(refused.value).split("build it with: python -m panoptic_ros.export ")[1].split()
+    export_cli.main(command)
+    assert "onnxruntime 96x64 (network input 96x64)" in capsys.readouterr().out
+    assert cached(rgb, scale=1.0).panoptic.shape == (72, 100)
 
 
 needs_compiler = pytest.mark.skipif(not compile_available(CPU), reason="no C++ compiler for AOTInductor")
@@ -194,7 +205,7 @@ def test_exported_predictor_matches_eager_and_caches_its_artefact(backend, tiny_
     refusing = Predictor.from_weights(tiny_weights, device="cpu", backend=backend, cache_dir=tmp_path,
                                       build_missing=False)
     with pytest.raises(BackendError, match=r"missing or stale\); build it with: python -m panoptic_ros.export "
-                                           rf".* --backend {backend} --resolution 96x64"):
+                                           rf".* --backend {backend} --resolution 96x64 --scale 1 "):
         refusing(rgb)
     Networks(again.model, backend, torch.device("cpu"), "fp32", tmp_path).prepare(64, 96)
     assert json.loads(key_path.read_text())["version"] == key.version  # rebuilt

@@ -20,8 +20,8 @@ def build_model(architecture: str, **kwargs):
 
 def network_input_size(model, height: int, width: int, scale: float = 1.0) -> tuple[int, int]:
     """The (height, width) a ``height`` x ``width`` image is resized to for ``model``: each side times ``scale``,
-    rounded to the nearest multiple (halves up) of the network's ``input_divisor`` (PanoNet: 32, where its branches align;
-    PanopticFPN: 1, it pads inputs itself) and never below its ``min_input_size``."""
+    rounded to the nearest multiple (halves up) of the network's ``input_divisor`` (PanoNet: 32, where its branches
+    align; PanopticFPN: 1, it pads inputs itself) and never below its ``min_input_size``."""
     divisor = model.input_divisor
     smallest = -(-model.min_input_size // divisor) * divisor
     return tuple(max(smallest, divisor * int(side * scale / divisor + 0.5)) for side in (height, width))
